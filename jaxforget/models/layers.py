@@ -1,0 +1,98 @@
+"""Small building blocks shared by the face backbones.
+
+The layers here reproduce PyTorch / InsightFace conventions exactly, so converted weights give the
+same numbers:
+
+* :class:`PReLU` keeps one slope per channel, initialised to 0.25 (``torch.nn.PReLU(C)``);
+  ``flax.linen.PReLU`` has a single scalar slope starting at 0.01 and cannot be used.
+* :func:`batch_norm` is ``nn.BatchNorm`` with PyTorch's defaults: eps 1e-5 and momentum 0.1
+  (0.9 in flax's convention, which weights the *old* statistic). Statistics reductions stay in
+  float32 even when the layer computes in bfloat16.
+* :func:`conv` uses explicit symmetric padding (``((p, p), (p, p))``) like ``torch.nn.Conv2d``;
+  'SAME' padding differs from torch for stride 2 and must not be used.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+#: PyTorch's BatchNorm defaults expressed in flax's convention.
+BN_EPSILON: float = 1e-5
+BN_MOMENTUM: float = 0.9
+
+
+def resolve_dtype(dtype: Any) -> jnp.dtype:
+    """Turns ``'float32' | 'bfloat16' | jnp.dtype`` into a jnp dtype, with a clear error."""
+    if isinstance(dtype, str):
+        names = {"float32": jnp.float32, "fp32": jnp.float32, "bfloat16": jnp.bfloat16, "bf16": jnp.bfloat16,
+                 "float16": jnp.float16, "fp16": jnp.float16}
+        if dtype.lower() not in names:
+            raise ValueError(f"model dtype {dtype!r} is not supported; use one of 'float32', 'bfloat16'")
+        return jnp.dtype(names[dtype.lower()])
+    return jnp.dtype(dtype)
+
+
+class PReLU(nn.Module):
+    """Parametric ReLU with one learnable slope per channel (last axis), as ``torch.nn.PReLU(C)``.
+
+    ``y = x if x >= 0 else slope * x``. The slope parameter is called ``slope`` and has shape
+    ``(C,)``; it is stored in float32 and cast to the computation dtype.
+    """
+
+    init_slope: float = 0.25
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        channels = x.shape[-1]
+        slope = self.param("slope", nn.initializers.constant(self.init_slope), (channels,), self.param_dtype)
+        dtype = self.dtype or x.dtype
+        x = x.astype(dtype)
+        return jnp.where(x >= 0, x, slope.astype(dtype) * x)
+
+
+def batch_norm(train: bool, dtype: Dtype, name: str, use_scale: bool = True) -> nn.BatchNorm:
+    """A BatchNorm with PyTorch's eps/momentum; running averages are used unless ``train``."""
+    return nn.BatchNorm(
+        use_running_average=not train,
+        momentum=BN_MOMENTUM,
+        epsilon=BN_EPSILON,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        use_scale=use_scale,
+        name=name,
+    )
+
+
+def conv(
+    features: int,
+    kernel: int | tuple[int, int],
+    stride: int = 1,
+    padding: int = 0,
+    *,
+    groups: int = 1,
+    dtype: Dtype,
+    name: str,
+    kernel_init: Callable[..., jax.Array] = nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
+) -> nn.Conv:
+    """A bias-free 2-D convolution with torch-style explicit padding (NHWC in, NHWC out)."""
+    ks = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    return nn.Conv(
+        features=features,
+        kernel_size=ks,
+        strides=(stride, stride),
+        padding=((padding, padding), (padding, padding)),
+        feature_group_count=groups,
+        use_bias=False,
+        dtype=dtype,
+        param_dtype=jnp.float32,
+        kernel_init=kernel_init,
+        name=name,
+    )

@@ -1,0 +1,72 @@
+#!/usr/bin/env python3
+"""Converts InsightFace IResNet / MobileFaceNet PyTorch checkpoints to Flax variables and back.
+
+PyTorch -> Flax (orbax directory that ``model.init`` can point at)::
+
+    python tools/convert_insightface.py --input backbone.pth --output /tmp/r50_flax
+    python tools/convert_insightface.py --input ../shared/weights/mobilefacenet_casia/068.ckpt \
+        --output /tmp/mfn_flax --arch mobilefacenet
+
+Flax -> PyTorch (a bare InsightFace-layout state_dict, ``torch.load`` + ``load_state_dict``)::
+
+    python tools/convert_insightface.py --to-torch --input /tmp/r50_flax --output unlearned.pth
+
+Reading needs no PyTorch and refuses pickles that would run code; writing ``.pth`` needs PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Sequence
+
+from jaxforget import convert
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", required=True, help="PyTorch .pth/.ckpt (or, with --to-torch, an orbax directory)")
+    parser.add_argument("--output", required=True, help="orbax directory to write (or, with --to-torch, a .pth file)")
+    parser.add_argument("--arch", default="auto", choices=("auto", "iresnet", "mobilefacenet"),
+                        help="architecture family; 'auto' detects it from the state_dict keys")
+    parser.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="input size; only needed for non-square IResNets")
+    parser.add_argument("--to-torch", action="store_true", help="export an orbax variables directory to .pth")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    return parser.parse_args(argv)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        if args.to_torch:
+            summary = convert.export_torch_checkpoint(args.input, args.output)
+        else:
+            summary = convert.convert_torch_checkpoint(
+                args.input, args.output, args.arch, tuple(args.input_size) if args.input_size else None
+            )
+    except (ValueError, FileNotFoundError, ImportError, convert.UnsafeCheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    if args.to_torch:
+        print(f"exported {summary['name']} to {summary['output']}")
+        print(f"  keys written:       {summary['keys_written']}")
+        print(f"  parameter elements: {summary['param_elements']:,} (PyTorch count, fixed scale included)")
+    else:
+        depth = f" (depth {summary['depth']})" if summary["depth"] else ""
+        print(f"converted {args.input}: {summary['arch']}{depth} -> {summary['output']}")
+        print(f"  model config:       {json.dumps(summary['model'])}")
+        print(f"  keys converted:     {summary['keys_converted']} of {summary['keys_in_checkpoint']} "
+              f"({summary['keys_skipped']} skipped: num_batches_tracked / fixed ones)")
+        print(f"  parameter elements: {summary['param_elements']:,} trainable + {summary['fixed_elements']:,} fixed "
+              f"= {summary['param_elements'] + summary['fixed_elements']:,}")
+        print(f"  running statistics: {summary['stat_elements']:,} elements")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
