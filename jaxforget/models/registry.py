@@ -175,20 +175,29 @@ def init_variables(bundle: ModelBundle, seed: int = 0) -> dict[str, Any]:
 
 
 def _check_against(variables: Mapping[str, Any], bundle: ModelBundle, source: str) -> dict[str, Any]:
+    """Checks stored Flax variables against the bundle's shapes; returns them as float32 numpy."""
     from jaxforget.convert import CheckpointMismatchError, _flat
 
     expected = dict(_flat(abstract_variables(bundle)))
     got = dict(_flat(variables))
-    problems = [f"missing variable {'/'.join(k)} of shape {tuple(v.shape)}" for k, v in expected.items() if k not in got]
-    problems += [f"unexpected variable {'/'.join(k)} of shape {tuple(np.shape(v))}" for k, v in got.items() if k not in expected]
-    problems += [
-        f"shape mismatch for {'/'.join(k)}: checkpoint has {tuple(np.shape(got[k]))}, the model expects {tuple(v.shape)}"
-        for k, v in expected.items()
-        if k in got and tuple(np.shape(got[k])) != tuple(v.shape)
-    ]
+    problems = []
+    for k in sorted(expected.keys() | got.keys(), key=lambda k: (k[0] != "params", k)):
+        name = "/".join(k)
+        if k not in got:
+            problems.append(f"missing variable {name}: the model expects shape {tuple(expected[k].shape)}")
+        elif k not in expected:
+            problems.append(f"unexpected variable {name} with shape {tuple(np.shape(got[k]))}")
+        elif tuple(np.shape(got[k])) != tuple(expected[k].shape):
+            problems.append(
+                f"shape mismatch for {name}: checkpoint has {tuple(np.shape(got[k]))}, the model expects "
+                f"{tuple(expected[k].shape)}"
+            )
     if problems:
+        shown = problems[:25]
+        more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
         raise CheckpointMismatchError(
-            f"{source}: the checkpoint does not fit model {bundle.config()}:\n  " + "\n  ".join(problems[:25])
+            f"{source}: {len(problems)} variable(s) do not fit model {bundle.config()}:\n  " + "\n  ".join(shown)
+            + more + "\nLeave model fields empty to use the checkpoint's stored config, or fix the config."
         )
     return {c: jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), dict(t)) for c, t in variables.items()}
 
