@@ -46,12 +46,14 @@ def tsne_before_after(
     seed: int = 0,
     perplexity: float = 30.0,
     title: str | None = None,
+    max_iter: int = 1000,
 ) -> pathlib.Path:
     """Save a two-panel t-SNE PNG and return its path.
 
     ``before`` and ``after`` must hold the same images in the same order (embedded by the original
     and the unlearned model). ``forget_labels`` names the forget identities; other labels are
-    retain identities, of which ``num_retain_ids`` are drawn (seeded).
+    retain identities, of which ``num_retain_ids`` are drawn (seeded). ``max_iter`` is t-SNE's
+    optimisation length (scikit-learn's minimum is 250).
     """
     if len(before) != len(after) or not np.array_equal(before.labels, after.labels):
         raise ValueError(
@@ -74,7 +76,7 @@ def tsne_before_after(
     colors = plt.get_cmap("tab10" if len(forget) <= 10 else "tab20")
     f_order = {u: i for i, u in enumerate(sorted(forget))}
     for ax, emb, name in ((axes[0], before.emb, "Original"), (axes[1], after.emb, "Unlearned")):
-        xy = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed, metric="cosine").fit_transform(
+        xy = TSNE(n_components=2, perplexity=perp, init="pca", random_state=seed, metric="cosine", max_iter=max_iter).fit_transform(
             np.asarray(emb[rows], np.float32)
         )
         ax.scatter(xy[~is_f, 0], xy[~is_f, 1], s=10, c="#9fb3c8", marker="x", linewidths=0.8, label="retain")
