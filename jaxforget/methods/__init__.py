@@ -1,0 +1,69 @@
+"""Unlearning methods chosen by name: ``get_method(config.method.name)``.
+
+Every method trains the whole backbone; BatchNorm statistics follow ``method.bn_mode``; the CosFace
+head is frozen except in ``finetune`` and ``retrain``. See :mod:`jaxforget.methods.base` for the
+state, the optax chain and the update step, and :mod:`jaxforget.methods.saliency` for SalUn.
+"""
+
+from __future__ import annotations
+
+from jaxforget.methods.base import (
+    Context,
+    Forward,
+    HParams,
+    Method,
+    TrainState,
+    init_state,
+    make_optimizer,
+    make_schedule,
+    make_update_step,
+    normalize_images,
+    resolve_hparams,
+    trainable_tree,
+)
+from jaxforget.methods.classification import (
+    BOUNDARY_SHRINK,
+    FINETUNE,
+    GRADIENT_ASCENT,
+    RANDOM_LABELING,
+    RETRAIN,
+)
+from jaxforget.methods.contrastive import CONTRASTIVE
+from jaxforget.methods.dispersion import (
+    DISPERSION,
+    DISPERSION_AUG,
+    HARD_DISPERSION,
+    HARD_DISPERSION_AUG,
+    augment_views,
+)
+from jaxforget.methods.lipschitz import LIPSCHITZ
+from jaxforget.methods.saliency import (
+    compute_saliency_mask,
+    get_saliency_mask,
+    saliency_mask_transform,
+    set_saliency_mask,
+    top_fraction_mask,
+)
+
+METHODS: dict[str, Method] = {
+    m.name: m
+    for m in (FINETUNE, RETRAIN, DISPERSION, HARD_DISPERSION, DISPERSION_AUG, HARD_DISPERSION_AUG,
+              RANDOM_LABELING, GRADIENT_ASCENT, BOUNDARY_SHRINK, LIPSCHITZ, CONTRASTIVE)
+}
+
+
+def get_method(name: str) -> Method:
+    """The method registered under ``name`` (``config.method.name``)."""
+    try:
+        return METHODS[name]
+    except KeyError:
+        raise ValueError(f"unknown method {name!r} (config field method.name); known methods: "
+                         f"{', '.join(sorted(METHODS))}.") from None
+
+
+__all__ = [
+    "METHODS", "Context", "Forward", "HParams", "Method", "TrainState", "augment_views",
+    "compute_saliency_mask", "get_method", "get_saliency_mask", "init_state", "make_optimizer",
+    "make_schedule", "make_update_step", "normalize_images", "resolve_hparams",
+    "saliency_mask_transform", "set_saliency_mask", "top_fraction_mask", "trainable_tree",
+]
