@@ -1,6 +1,8 @@
 """Loss pieces of the paper's baselines, adapted to CosFace (paper Sec. 4.3 and 5.4).
 
-Everything here is pure. Functions that need the network take an ``embed_fn`` mapping normalised
+Everything here is pure; the functions over arrays are jitted, the ones taking a network
+(``fgsm``, ``boundary_shrink_labels``, ``lipschitz_loss``) are meant to be traced inside the jitted
+update step. Functions that need the network take an ``embed_fn`` mapping normalised
 float NHWC images to embeddings ``(N, d)`` (raw or normalised; they are normalised here), so the
 same code serves the trained model and the frozen original.
 
@@ -20,6 +22,7 @@ same code serves the trained model and the frozen original.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -38,6 +41,7 @@ def _masked_mean(values: Array, mask: Array | None) -> Array:
     return jnp.sum(values * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+@partial(jax.jit, static_argnames=("num_classes", "exclude_true"))
 def random_labels(rng: Array, labels: Array, num_classes: int, exclude_true: bool = False) -> Array:
     """Labels drawn uniformly from ``0..num_classes-1`` (Random Labeling, Eq. 7).
 
@@ -55,6 +59,7 @@ def random_labels(rng: Array, labels: Array, num_classes: int, exclude_true: boo
     return (labels + offset) % num_classes
 
 
+@partial(jax.jit, static_argnames=("kind",))
 def gradient_ascent_loss(z: Array, weights: Array, labels: Array, s: float = 64.0,
                          m: float = 0.4, kind: MarginKind = "cosface",
                          mask: Array | None = None) -> Array:
@@ -81,6 +86,7 @@ def fgsm(embed_fn: EmbedFn, x: Array, weights: Array, labels: Array, eps: float,
     return jax.lax.stop_gradient(x_adv)
 
 
+@jax.jit
 def nearest_wrong_class(z: Array, weights: Array, labels: Array) -> Array:
     """``argmax_{k != y} w_k . z`` with the margin-free cosine: the nearest class that is not ``y``."""
     cos = cosine_logits(z, weights)
@@ -105,9 +111,10 @@ def boundary_shrink_labels(frozen_embed_fn: EmbedFn, x: Array, weights: Array, l
 
 
 def _safe_norm(x: Array, axis) -> Array:
-    """Euclidean norm with a zero (not NaN) gradient at zero."""
+    """Euclidean norm, exactly 0 with a zero (not NaN) gradient at zero (double-where trick)."""
     sq = jnp.sum(jnp.square(x), axis=axis)
-    return jnp.sqrt(jnp.maximum(sq, 1e-20))
+    nonzero = sq > 0
+    return jnp.where(nonzero, jnp.sqrt(jnp.where(nonzero, sq, 1.0)), 0.0)
 
 
 def lipschitz_loss(embed_fn: EmbedFn, x: Array, rng: Array, num_draws: int, sigma: float,
@@ -130,6 +137,7 @@ def lipschitz_loss(embed_fn: EmbedFn, x: Array, rng: Array, num_draws: int, sigm
     return _masked_mean(per_sample, mask)
 
 
+@jax.jit
 def contrastive_unlearning_loss(z_forget: Array, y_forget: Array, z_retain: Array,
                                 y_retain: Array, temperature: float = 0.1,
                                 valid_forget: Array | None = None,
@@ -177,6 +185,7 @@ def contrastive_unlearning_loss(z_forget: Array, y_forget: Array, z_retain: Arra
     return jnp.sum(jnp.where(anchors, per_anchor, 0.0)) / jnp.maximum(jnp.sum(anchors), 1)
 
 
+@jax.jit
 def embedding_distillation_loss(z: Array, z_ref: Array, mask: Array | None = None) -> Array:
     """Retain term ``mean(1 - cos(z, z_ref))`` pulling embeddings to the frozen original's."""
     cos = jnp.sum(l2_normalize(z.astype(jnp.float32))

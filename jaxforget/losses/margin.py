@@ -9,12 +9,13 @@ matrix ``W`` (``(C, d)``, one row per identity) and ``cos_c = w_c . z``:
 
 The loss is the mean softmax cross-entropy of those logits. Both sides are normalised inside (the
 normalisation is idempotent), so raw embeddings and raw head weights may be passed. Everything is
-pure and jittable; ``kind`` must be static.
+jitted (``s`` and ``m`` are traced, ``kind`` is static), so a sweep over
+margins does not recompile.
 """
 
 from __future__ import annotations
 
-import math
+from functools import partial
 from typing import Literal
 
 import jax
@@ -27,6 +28,7 @@ MarginKind = Literal["cosface", "arcface"]
 MARGIN_KINDS = ("cosface", "arcface")
 
 
+@jax.jit
 def cosine_logits(z: Array, weights: Array) -> Array:
     """Margin-free cosines ``(B, C)`` between embeddings ``(B, d)`` and class weights ``(C, d)``."""
     if z.ndim != 2 or weights.ndim != 2 or z.shape[-1] != weights.shape[-1]:
@@ -36,6 +38,7 @@ def cosine_logits(z: Array, weights: Array) -> Array:
     return l2_normalize(z.astype(jnp.float32)) @ l2_normalize(weights.astype(jnp.float32)).T
 
 
+@partial(jax.jit, static_argnames=("kind",))
 def margin_logits(z: Array, weights: Array, labels: Array | None, s: float = 64.0,
                   m: float = 0.4, kind: MarginKind = "cosface") -> Array:
     """Scaled margin logits ``(B, C)``.
@@ -53,14 +56,17 @@ def margin_logits(z: Array, weights: Array, labels: Array | None, s: float = 64.
         c = jnp.clip(cos, -1.0, 1.0)
         # sin(theta) from cos; the floor keeps the sqrt's gradient finite at |cos| = 1.
         sin = jnp.sqrt(jnp.clip(1.0 - c * c, 1e-12, 1.0))
-        shifted = c * math.cos(m) - sin * math.sin(m)
-        target = jnp.where(c > math.cos(math.pi - m), shifted, c - m * math.sin(m))
+        m_arr = jnp.asarray(m, jnp.float32)
+        shifted = c * jnp.cos(m_arr) - sin * jnp.sin(m_arr)
+        # theta + m <= pi  <=>  cos(theta) >= cos(pi - m) = -cos(m)
+        target = jnp.where(c > -jnp.cos(m_arr), shifted, c - m_arr * jnp.sin(m_arr))
     else:
         raise ValueError(
             f"jaxforget.losses.margin_logits: kind must be one of {MARGIN_KINDS}, got {kind!r}.")
     return s * jnp.where(target_mask, target, cos)
 
 
+@jax.jit
 def softmax_cross_entropy(logits: Array, labels: Array, mask: Array | None = None) -> Array:
     """Mean cross-entropy of integer ``labels``; rows with ``mask=False`` are ignored."""
     labels = jnp.asarray(labels, jnp.int32)
@@ -72,6 +78,7 @@ def softmax_cross_entropy(logits: Array, labels: Array, mask: Array | None = Non
     return jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), 1.0)
 
 
+@partial(jax.jit, static_argnames=("kind",))
 def margin_loss(z: Array, weights: Array, labels: Array, s: float = 64.0, m: float = 0.4,
                 kind: MarginKind = "cosface", mask: Array | None = None) -> Array:
     """Mean CosFace/ArcFace cross-entropy over the valid rows (``mask``) of the batch."""
