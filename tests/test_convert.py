@@ -226,15 +226,24 @@ SMALL = {"name": "iresnet18", "width_mult": 0.25, "input_size": (32, 32), "embed
 
 
 def _random_flax(cfg, seed):
-    """Random Flax variables with non-trivial running statistics."""
+    """Random Flax variables (host numpy, no compilation) with non-trivial running statistics."""
     bundle = build_model(cfg)
-    variables = jax.device_get(load_pretrained({**cfg, "seed": seed})[1])
     rng = np.random.default_rng(seed)
-    stats = jax.tree_util.tree_map_with_path(
-        lambda p, v: (rng.uniform(0.3, 2.0, v.shape) if p[-1].key == "var" else rng.normal(0, 0.3, v.shape)).astype(np.float32),
-        variables["batch_stats"],
-    )
-    return bundle, {"params": variables["params"], "batch_stats": stats}
+
+    def draw(path, leaf):
+        name, shape = path[-1].key, leaf.shape
+        if name == "kernel":
+            fan_in = int(np.prod(shape[:-1]))
+            return rng.normal(0, (2.0 / fan_in) ** 0.5, shape)
+        if name in ("scale", "var"):
+            return rng.uniform(0.5, 1.5, shape)
+        if name == "slope":
+            return rng.uniform(0.0, 0.5, shape)
+        return rng.normal(0, 0.2, shape)  # bias, mean
+
+    shapes = abstract_variables(bundle)
+    variables = jax.tree_util.tree_map_with_path(lambda p, l: draw(p, l).astype(np.float32), shapes)
+    return bundle, dict(variables)
 
 
 def test_flax_to_pth_to_flax_exact_and_torch_loads_it(tmp_path):

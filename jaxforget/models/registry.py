@@ -169,9 +169,14 @@ def module_order(bundle: ModelBundle) -> list[tuple[str, ...]]:
 
 
 def init_variables(bundle: ModelBundle, seed: int = 0) -> dict[str, Any]:
-    """Random variables ``{'params', 'batch_stats'}`` for the bundle (PRNG seed ``seed``)."""
+    """Random variables ``{'params', 'batch_stats'}`` for the bundle (PRNG seed ``seed``).
+
+    The key uses JAX's ``rbg`` generator: XLA compiles it several times faster than threefry for
+    the dozens of parameter initialisers of a ResNet (10 s -> 3 s on a small CPU). The values are
+    deterministic for a given seed and platform.
+    """
     init = jax.jit(lambda key: bundle.module.init(key, bundle.dummy_input(), train=False))
-    return dict(init(jax.random.PRNGKey(seed)))
+    return dict(init(jax.random.key(seed, impl="rbg")))
 
 
 def _check_against(variables: Mapping[str, Any], bundle: ModelBundle, source: str) -> dict[str, Any]:
