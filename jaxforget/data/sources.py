@@ -746,6 +746,14 @@ class _RestrictedUnpickler(pickle.Unpickler):
                 return np.dtype(np.uint8)
 
             return dtype
+        if (module, name) == ("_codecs", "encode"):
+            # Protocol-2 pickles written by Python 3 store bytes as _codecs.encode(str, 'latin1').
+            def encode(text, encoding="utf-8"):
+                if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+                    raise pickle.UnpicklingError("refusing _codecs.encode other than str -> latin1 bytes")
+                return text.encode("latin1")
+
+            return encode
         raise pickle.UnpicklingError(
             f"refusing to load global {module}.{name}: a .bin verification set holds only bytes, "
             f"lists, bools and uint8 arrays"
