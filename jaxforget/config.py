@@ -139,3 +139,13 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.train.log_every = 25
   c.train.cs_every = 50
   return c
+
+
+def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
+  """Applies the config-string argument (``configs/x.py:demo``) and returns the config."""
+  arg = (arg or "").strip()
+  if arg == "demo":
+    demo_overrides(c)
+  elif arg:
+    raise ValueError(f"unknown config argument {arg!r}: the configs accept ':demo' or nothing")
+  return c
