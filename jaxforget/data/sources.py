@@ -906,3 +906,58 @@ def make_source(kind: str, *args, **kwargs) -> FaceSource:
         return SOURCES[kind](*args, **kwargs)
     except KeyError:
         raise ValueError(f"unknown source kind {kind!r}; choose one of {sorted(SOURCES) + ['synthetic']}") from None
+
+
+def source_from_config(data_cfg: Any, output_size: Sequence[int], seed: int = 0) -> FaceSource:
+    """Build the source a ``config.data`` block describes (see ``jaxforget/config.py``).
+
+    Fields used: ``name`` (celeba | vggface2 | orl | folder | synthetic), ``root``,
+    ``annotations`` (CelebA identity file), ``landmarks`` ('' = look under root), ``align``
+    (False = no landmarks: CelebA fixed crop), ``num_identities`` / ``images_per_identity``
+    (synthetic, drawn with ``seed``), ``max_images`` (0 = all, else the first N records), and an
+    optional ``split`` (VGGFace2 'train' | 'test', default 'test').
+    """
+
+    def get(key: str, default: Any = None) -> Any:
+        try:
+            v = data_cfg[key] if isinstance(data_cfg, Mapping) else getattr(data_cfg, key)
+        except (KeyError, AttributeError):
+            return default
+        return default if v is None else v
+
+    name = str(get("name", ""))
+    root = os.fspath(get("root", "") or "")
+    max_images = int(get("max_images", 0) or 0)
+    if name == "synthetic":
+        src: FaceSource = make_source(
+            "synthetic", int(get("num_identities", 100)), int(get("images_per_identity", 10)), size=output_size, seed=seed
+        )
+    else:
+        if not root or not os.path.exists(root):
+            try:
+                from jaxforget.config import DATA_HELP
+
+                what = DATA_HELP.get(name, "")
+            except Exception:  # noqa: BLE001 - the help text is optional
+                what = ""
+            raise MissingFileError(
+                f"data.root={root!r} does not exist for data.name={name!r}"
+                + (f"; it should hold {what}" if what else "")
+                + "; set --config.data.root=<folder>"
+            )
+        if name == "celeba":
+            lm = (get("landmarks", "") or "auto") if get("align", True) else None
+            src = CelebASource(
+                root, output_size, landmarks=lm, identity_file=get("annotations", "") or "identity_CelebA.txt",
+                limit=max_images or None,
+            )
+            max_images = 0
+        elif name == "vggface2":
+            src = VGGFace2Source(root, str(get("split", "test")), output_size, landmarks="auto" if get("align", True) else None)
+        elif name in ("orl", "folder"):
+            src = FolderSource(root, output_size)
+        else:
+            raise ValueError(f"unknown data.name {name!r}; choose celeba, vggface2, orl, folder or synthetic")
+    if max_images and max_images < len(src):
+        src = src.subset(np.arange(max_images))
+    return src

@@ -49,7 +49,7 @@ def identity_parameters(seed: int, identity: int) -> np.ndarray:
     skin = np.array([0.35 + 0.6 * skin_tone, 0.22 + 0.5 * skin_tone, 0.15 + 0.42 * skin_tone]) + r.normal(0, 0.04, 3)
     hair_kind = r.integers(0, 5)
     hair_base = [(0.08, 0.06, 0.05), (0.35, 0.22, 0.12), (0.85, 0.7, 0.4), (0.65, 0.25, 0.1), (0.7, 0.7, 0.7)][hair_kind]
-    hair = np.asarray(hair_base) + r.normal(0, 0.07, 3)
+    hair = np.asarray(hair_base) * r.uniform(0.7, 1.3) + r.normal(0, 0.08, 3)
     iris = r.uniform(0.05, 0.7, 3)
     lip = np.array([0.55, 0.2, 0.25]) * r.uniform(0.7, 1.3) + r.normal(0, 0.05, 3)
     v = dict(
@@ -75,14 +75,14 @@ def _image_nuisance(seed: int, identity: int, image: int) -> dict[str, Any]:
     return dict(
         roll=r.normal(0, 0.22), scale=r.uniform(0.72, 1.05), tx=r.uniform(-0.22, 0.22), ty=r.uniform(-0.18, 0.18),
         yaw=r.uniform(-0.5, 0.5),
-        light_dir=r.uniform(0, 2 * np.pi), light=r.uniform(0.0, 0.6), ambient=r.uniform(0.55, 1.15),
-        tint=r.uniform(0.8, 1.2, 3),
+        light_dir=r.uniform(0, 2 * np.pi), light=r.uniform(0.0, 0.5), ambient=r.uniform(0.65, 1.1),
+        tint=r.uniform(0.9, 1.1, 3),
         smile=r.uniform(-0.8, 1.2), mouth_open=r.uniform(0, 1) ** 2, eye_open=r.uniform(0.25, 1.0),
         brow_raise=r.uniform(-0.03, 0.05),
         bg=r.uniform(0, 1, 3), bg_grad=r.normal(0, 0.35, 3), bg_dir=r.uniform(0, 2 * np.pi),
         tex_freq=r.uniform(1.5, 6.0, 2), tex_phase=r.uniform(0, 2 * np.pi, 2), tex_amp=r.uniform(0, 0.25),
         shirt=r.uniform(0, 1, 3),
-        occ=float(r.random() < 0.3), occ_xy=r.uniform(-0.8, 0.8, 2), occ_wh=r.uniform(0.1, 0.45, 2), occ_col=r.uniform(0, 1, 3),
+        occ=float(r.random() < 0.2), occ_xy=r.uniform(-0.8, 0.8, 2), occ_wh=r.uniform(0.1, 0.45, 2), occ_col=r.uniform(0, 1, 3),
         noise=r.uniform(0.01, 0.06), noise_seed=int(r.integers(0, 2**31 - 1)),
     )
 
