@@ -19,6 +19,7 @@ seed           random-init seed when ``init`` is empty                          
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Any, Mapping
 
@@ -175,8 +176,13 @@ def init_variables(bundle: ModelBundle, seed: int = 0) -> dict[str, Any]:
     the dozens of parameter initialisers of a ResNet (10 s -> 3 s on a small CPU). The values are
     deterministic for a given seed and platform.
     """
-    init = jax.jit(lambda key: bundle.module.init(key, bundle.dummy_input(), train=False))
-    return dict(init(jax.random.key(seed, impl="rbg")))
+    return dict(_jit_init(bundle.module, bundle.input_size, jax.random.key(seed, impl="rbg")))
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _jit_init(module: nn.Module, input_size: tuple[int, int], key: jax.Array) -> Any:
+    # Modules are hashable dataclasses: one compilation per architecture, reused across seeds.
+    return module.init(key, jnp.zeros((1, *input_size, 3), jnp.float32), train=False)
 
 
 def _check_against(variables: Mapping[str, Any], bundle: ModelBundle, source: str) -> dict[str, Any]:
