@@ -120,16 +120,25 @@ class _PendingTensor:
 
     def resolve(self) -> np.ndarray:
         flat = self.storage.array()
-        if not self.size:
-            return np.array(flat[self.offset])
-        needed = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
+        if (
+            self.offset < 0
+            or len(self.size) != len(self.stride)
+            or any(n < 0 for n in self.size)
+            or any(s < 0 for s in self.stride)
+        ):
+            raise CheckpointFormatError(
+                f"invalid tensor geometry: size {self.size}, stride {self.stride}, offset {self.offset}"
+            )
         if any(n == 0 for n in self.size):
             return np.zeros(self.size, flat.dtype)
+        needed = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
         if needed > flat.size:
             raise CheckpointFormatError(
                 f"tensor of size {self.size} (stride {self.stride}, offset {self.offset}) reads past its "
                 f"storage of {flat.size} elements (corrupt checkpoint)"
             )
+        if not self.size:
+            return np.array(flat[self.offset])
         item = flat.dtype.itemsize
         view = np.lib.stride_tricks.as_strided(
             flat[self.offset :], shape=self.size, strides=tuple(s * item for s in self.stride), writeable=False
@@ -243,7 +252,10 @@ def _read_zip(path: pathlib.Path) -> Any:
             key = str(key)
             if key not in storages:
                 dtype = stype.dtype
-                raw = zf.read(f"{prefix}data/{key}")
+                entry = f"{prefix}data/{key}"
+                if entry not in names:
+                    raise CheckpointFormatError(f"{source}: storage entry {entry!r} is missing from the zip file")
+                raw = zf.read(entry)
                 data = _from_bytes(raw, dtype, little=byteorder == "little")
                 storage = _Storage(dtype, data.size)
                 storage.data = data

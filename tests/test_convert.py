@@ -419,6 +419,14 @@ def test_not_a_checkpoint(tmp_path):
         zf.writestr("readme.txt", "hi")
     with pytest.raises(convert.CheckpointFormatError, match="data.pkl"):
         convert.read_torch_checkpoint(zpath)
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.ones(100)}, good, _use_new_zipfile_serialization=False)
+    cut = tmp_path / "cut.pth"
+    cut.write_bytes(good.read_bytes()[:-40])
+    with pytest.raises(convert.CheckpointFormatError, match="cut.pth: truncated file"):
+        convert.read_torch_checkpoint(cut)
+    with pytest.raises(FileNotFoundError, match="nothere.pth does not exist"):
+        convert.read_torch_checkpoint(tmp_path / "nothere.pth")
 
 
 def test_reader_matches_torch_on_strided_and_typed_tensors(tmp_path):
