@@ -274,7 +274,8 @@ def test_flax_to_pth_to_flax_exact_and_torch_loads_it(tmp_path):
 
 def test_orbax_variables_round_trip_and_load_pretrained(tmp_path):
     bundle, variables = _random_flax(SMALL, seed=4)
-    checkpoint.save_variables(tmp_path / "ck", variables, {"model": bundle.config(), "note": "test"})
+    checkpoint.save_variables(tmp_path / "ck", {**variables, "head": np.ones((3, 32), np.float32)},
+                              {"model": bundle.config(), "note": "test"})
     got, meta = checkpoint.load_variables(tmp_path / "ck")
     assert meta["model"]["name"] == "iresnet18" and meta["note"] == "test"
     for k, v in convert._flat(jax.device_get(variables)):
@@ -282,6 +283,8 @@ def test_orbax_variables_round_trip_and_load_pretrained(tmp_path):
     # Rebuilt from the stored config alone; an explicit dtype override is honoured.
     b2, v2 = load_pretrained({"name": "", "init": str(tmp_path / "ck"), "dtype": "bfloat16"})
     assert b2.config()["width_mult"] == 0.25 and b2.config()["dtype"] == "bfloat16"
+    assert set(v2) == {"params", "batch_stats"}  # the stored 'head' is not a backbone variable
+    np.testing.assert_array_equal(got["head"], np.ones((3, 32), np.float32))
     with pytest.raises(ValueError, match="holds a iresnet18"):
         load_pretrained({"name": "mobilefacenet", "init": str(tmp_path / "ck")})
     with pytest.raises(convert.CheckpointMismatchError, match=r"params/layer1_0/conv1/kernel: checkpoint has \(3, 3, 16, 16\), the model expects \(3, 3, 32, 32\)"):

@@ -228,7 +228,8 @@ def load_pretrained(model_cfg: Any) -> tuple[ModelBundle, dict[str, Any]]:
 
     * empty ``init``: random initialisation with ``model_cfg.seed`` (default 0);
     * a directory written by ``tools/convert_insightface.py`` / ``save_variables``: the stored model
-      config fills any field ``model_cfg`` leaves empty (``name`` may be ``''`` or ``'auto'``);
+      config fills any field ``model_cfg`` leaves empty (``name`` may be ``''`` or ``'auto'``); only
+      its ``params`` and ``batch_stats`` are returned (other stored entries are ignored);
     * a PyTorch ``.pth`` / ``.pt`` / ``.ckpt``: read safely and converted on the fly; IResNet vs
       MobileFaceNet (and the depth) are detected from the keys.
 
@@ -256,7 +257,10 @@ def load_pretrained(model_cfg: Any) -> tuple[ModelBundle, dict[str, Any]]:
                 f"{stored['name']!r} or leave it empty"
             )
         bundle = build_model(merged)
-        return bundle, _check_against(variables, bundle, str(path))
+        # Other entries a runner may store beside the backbone (e.g. a CosFace 'head') are not
+        # backbone variables; only the flax collections are loaded.
+        backbone = {c: variables[c] for c in ("params", "batch_stats") if c in variables}
+        return bundle, _check_against(backbone, bundle, str(path))
 
     state_dict = convert.load_torch_state_dict(path)
     name = _get(model_cfg, "name", "")
