@@ -16,7 +16,7 @@ from jaxforget import losses as L
 
 DISPERSIONS = {"mean": L.dispersion_loss, "hard": L.hard_dispersion_loss}
 # Few examples and one fixed set of shapes: every example reuses one compiled function.
-SETTINGS = settings(max_examples=15, deadline=None,
+SETTINGS = settings(max_examples=10, deadline=None,
                     suppress_health_check=[HealthCheck.too_slow])
 B, DIM = 10, 6
 
@@ -147,7 +147,7 @@ def test_samples_without_positives_get_zero_gradient(kind):
     labels = np.array([0, 0, 0, 1, 1, 2, 3, 4, 5, 6], np.int32)  # indices 5..9 have no positive
     grad = np.asarray(jax.grad(DISPERSIONS[kind])(z, labels, -1.0))
     assert np.all(grad[5:] == 0.0)
-    assert np.all(np.abs(grad[:5]).sum(axis=1) > 0) if kind == "mean" else grad[:5].any()
+    assert np.all(np.abs(grad[:5]).sum(axis=1) > 0)
 
 
 def test_one_trace_per_input_shape():

@@ -6,6 +6,7 @@ A tiny flax conv net with BatchNorm stands in for the real backbones (same ``app
 
 from __future__ import annotations
 
+import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,11 @@ class TinyNet(nn.Module):
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9)(x)
         x = nn.relu(x)
         return nn.Dense(D)(jnp.mean(x, axis=(1, 2)))
+
+
+def _key(seed: int) -> jax.Array:
+    """Training-state keys use the 'rbg' PRNG: same semantics, much faster to compile on CPU."""
+    return jax.random.key(seed, impl="rbg")
 
 
 def _setup(seed: int = 0):
@@ -70,56 +76,48 @@ def test_bad_config_value_names_field():
 
 @pytest.mark.parametrize("name", sorted(M.METHODS))
 def test_every_method_runs_jitted_steps(name):
+    """Two donated jitted steps: finite metrics, the backbone and BN statistics move (default
+    bn_mode='train'), the head moves only for the methods that train it."""
     method = M.get_method(name)
     _, variables, head, ctx = _setup()
-    cfg = {"lr": 1e-3, "steps": 10, "lipschitz_draws": 2, "salun_fraction": 0.0}
+    cfg = {"lr": 1e-2, "steps": 10, "lipschitz_draws": 2, "salun_fraction": 0.0}
     if name == "rl":
         cfg["retain_weight"] = 0.5
-    state = M.init_state(method, cfg, variables, head, jax.random.key(1))
+    state = M.init_state(method, cfg, variables, head, _key(1))
     update = jax.jit(M.make_update_step(method, cfg, ctx), donate_argnums=0)
-    before = jax.tree.map(np.asarray, state.params)
     for step in range(2):
         state, metrics = update(state, _batch(method, cfg, seed=step))
         for key in ("loss", "grad_norm", "lr"):
             assert key in metrics, (name, sorted(metrics))
         assert all(np.isfinite(float(v)) for v in metrics.values()), (name, metrics)
     assert int(state.step) == 2
-    moved = jax.tree.leaves(jax.tree.map(lambda a, b: not np.array_equal(a, np.asarray(b)),
-                                         before, state.params))
-    assert any(moved), f"{name}: no parameter changed after two steps"
+
+    def changed(a, b):
+        return any(not np.array_equal(np.asarray(x), np.asarray(y))
+                   for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+    assert changed(variables["params"], state.params), f"{name}: no parameter changed"
+    assert changed(variables["batch_stats"], state.batch_stats), f"{name}: BN stats frozen"
+    assert changed(head, state.head) == method.trains_head, name
 
 
 def test_missing_batch_key_is_a_clear_error():
     method = M.get_method("contrastive")
     _, variables, head, ctx = _setup()
-    state = M.init_state(method, {}, variables, head, jax.random.key(0))
+    state = M.init_state(method, {}, variables, head, _key(0))
     update = M.make_update_step(method, {}, ctx)
     with pytest.raises(ValueError, match=r"needs batch\['retain'\]"):
         update(state, {"forget": _part(0, FORGET)})
 
 
-def test_head_frozen_unless_method_trains_it():
-    _, variables, head, ctx = _setup()
-    cfg = {"lr": 0.1, "steps": 5}
-    for name, trains in (("ga", False), ("finetune", True)):
-        method = M.get_method(name)
-        state = M.init_state(method, cfg, variables, head, jax.random.key(0))
-        update = jax.jit(M.make_update_step(method, cfg, ctx))
-        state, _ = update(state, _batch(method, cfg))
-        changed = not np.array_equal(np.asarray(state.head), np.asarray(head))
-        assert changed == trains, name
-
-
-def test_bn_mode_controls_running_statistics():
+def test_frozen_bn_mode_keeps_running_statistics():
+    """bn_mode='frozen' (the 'train' case is checked for every method above)."""
     _, variables, head, ctx = _setup()
     method = M.get_method("disp")
-    for mode, should_change in (("train", True), ("frozen", False)):
-        cfg = {"bn_mode": mode, "lr": 1e-2}
-        state = M.init_state(method, cfg, variables, head, jax.random.key(0))
-        state, _ = jax.jit(M.make_update_step(method, cfg, ctx))(state, _batch(method, cfg))
-        changed = any(not np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(
-            jax.tree.leaves(variables["batch_stats"]), jax.tree.leaves(state.batch_stats)))
-        assert changed == should_change, mode
+    cfg = {"bn_mode": "frozen", "lr": 1e-2}
+    state = M.init_state(method, cfg, variables, head, _key(0))
+    state, _ = jax.jit(M.make_update_step(method, cfg, ctx))(state, _batch(method, cfg))
+    chex.assert_trees_all_equal(state.batch_stats, variables["batch_stats"])
 
 
 def test_schedules_follow_config():
@@ -140,13 +138,13 @@ def test_salun_masked_elements_bit_identical_after_many_steps():
     _, variables, head, ctx = _setup()
     method = M.get_method("hard_disp")
     cfg = {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.05, "salun_fraction": 0.3, "steps": 30}
-    state = M.init_state(method, cfg, variables, head, jax.random.key(0))
+    state = M.init_state(method, cfg, variables, head, _key(0))
     mask = M.compute_saliency_mask(method, ctx, state, [_part(s, FORGET) for s in range(3)],
                                    0.3, loss="dispersion")
     n_kept = sum(int(np.sum(m)) for m in jax.tree.leaves(mask))
     n_all = sum(int(np.size(m)) for m in jax.tree.leaves(mask))
     assert n_kept == int(np.ceil(0.3 * n_all))
-    state = M.init_state(method, cfg, variables, head, jax.random.key(0), saliency_mask=mask)
+    state = M.init_state(method, cfg, variables, head, _key(0), saliency_mask=mask)
     # The mask is state, not a compile-time constant: it is an input leaf of the jitted step.
     stored = M.get_saliency_mask(state.opt_state)
     assert jax.tree.structure(stored) == jax.tree.structure(mask)
@@ -168,7 +166,7 @@ def test_salun_mask_swap_does_not_retrace():
     _, variables, head, ctx = _setup()
     method = M.get_method("disp")
     cfg = {"salun_fraction": 0.5}
-    state = M.init_state(method, cfg, variables, head, jax.random.key(0))
+    state = M.init_state(method, cfg, variables, head, _key(0))
     update = jax.jit(M.make_update_step(method, cfg, ctx))
     batch = _batch(method, cfg)
     update(state, batch)
@@ -198,7 +196,7 @@ def test_gradient_ascent_increases_cosface_loss_on_forget_batch():
     net, variables, head, ctx = _setup()
     method = M.get_method("ga")
     cfg = {"lr": 0.05, "bn_mode": "frozen", "flip": False, "weight_decay": 0.0}
-    state = M.init_state(method, cfg, variables, head, jax.random.key(0))
+    state = M.init_state(method, cfg, variables, head, _key(0))
     batch = _batch(method, cfg)
 
     def cosface(params):
@@ -220,11 +218,11 @@ def test_hard_disp_lowers_forget_positive_cosine():
     _, variables, head, ctx = _setup()
     method = M.get_method("hard_disp")
     cfg = {"lr": 0.05, "bn_mode": "frozen", "flip": False}
-    state = M.init_state(method, cfg, variables, head, jax.random.key(0))
+    state = M.init_state(method, cfg, variables, head, _key(0))
     update = jax.jit(M.make_update_step(method, cfg, ctx))
     batch = _batch(method, cfg)
     _, first = update(state, batch)
-    for _ in range(20):
+    for _ in range(10):
         state, metrics = update(state, batch)
     assert float(metrics["loss"]) < float(first["loss"]), (first, metrics)
 
@@ -239,11 +237,11 @@ def test_sharded_batch_update_matches_unsharded():
     cfg = {"lr": 0.05, "flip": False}
     batch = _batch(method, cfg)
     update = jax.jit(M.make_update_step(method, cfg, ctx))
-    state = M.init_state(method, cfg, variables, head, jax.random.key(0))
+    state = M.init_state(method, cfg, variables, head, _key(0))
     _, ref = update(state, batch)
     mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     sharded = jax.device_put(batch, NamedSharding(mesh, P("data")))
-    state = jax.device_put(M.init_state(method, cfg, variables, head, jax.random.key(0)),
+    state = jax.device_put(M.init_state(method, cfg, variables, head, _key(0)),
                            NamedSharding(mesh, P()))
     _, out = update(state, sharded)
     np.testing.assert_allclose(float(out["loss"]), float(ref["loss"]), rtol=1e-5, atol=1e-6)

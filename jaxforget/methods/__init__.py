@@ -3,6 +3,28 @@
 Every method trains the whole backbone; BatchNorm statistics follow ``method.bn_mode``; the CosFace
 head is frozen except in ``finetune`` and ``retrain``. See :mod:`jaxforget.methods.base` for the
 state, the optax chain and the update step, and :mod:`jaxforget.methods.saliency` for SalUn.
+
+Config fields (``config.method.*``, all in :class:`HParams`). Every method reads the optimiser
+fields ``optimizer lr momentum nesterov weight_decay schedule warmup_steps steps step_boundaries
+step_factor clip_norm``, ``bn_mode``, ``flip``, ``salun_fraction`` and (except finetune, retrain,
+contrastive) the generic retain term ``retain_weight retain_loss``. Method-specific fields:
+
+=============== ========================== =========================================================
+name            data (``data_needs``)      own fields (method defaults)
+=============== ========================== =========================================================
+finetune        retain (all train ids)     trains head; lr=0.01, schedule=linear
+retrain         retain                     trains head; lr=0.01, schedule=linear
+disp            forget                     margin; augmented_views num_views view_positives ...
+hard_disp       forget                     margin; augmented_views num_views view_positives ...
+disp_aug        forget                     margin num_views view_positives view_crop view_jitter
+hard_disp_aug   forget                     margin num_views view_positives view_crop view_jitter
+rl              forget (+retain if lambda) rl_exclude_true; retain_weight=1.0
+ga              forget                     lr=1e-4
+bs              forget                     bs_eps; lr=1e-4; uses the frozen original
+lipschitz       forget + retain            lipschitz_draws lipschitz_sigma; retain_weight=1.0,
+                                           salun_fraction=0.5
+contrastive     forget + retain            contrastive_temperature retain_weight(=1.0, CosFace)
+=============== ========================== =========================================================
 """
 
 from __future__ import annotations
