@@ -57,9 +57,9 @@ def main() -> None:
     ap.add_argument("--test-images", type=int, default=10)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=1500)
+    ap.add_argument("--steps", type=int, default=1200)
     ap.add_argument("--margin", type=float, default=0.25)
-    ap.add_argument("--seconds", type=float, default=150.0, help="stop training after this wall time")
+    ap.add_argument("--seconds", type=float, default=300.0, help="stop training after this wall time")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 

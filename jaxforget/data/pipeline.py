@@ -57,11 +57,12 @@ def normalize(images: jnp.ndarray, mean: float | Sequence[float] = 127.5, std: f
     return ((x - mean) / std).astype(dtype)
 
 
-def default_read_options(batch_size: int, num_threads: int | None = None) -> grain.ReadOptions:
-    """Thread pool for decoding: ``min(4, cpu count)`` threads unless given; ~2 batches ahead."""
+def default_read_options(num_threads: int | None = None) -> grain.ReadOptions:
+    """Threads that each assemble whole batches: ``min(4, cpu count)`` unless given, and a
+    prefetch buffer of twice as many batches."""
     if num_threads is None:
         num_threads = max(1, min(4, os.cpu_count() or 1))
-    return grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(2 * batch_size, 8))
+    return grain.ReadOptions(num_threads=int(num_threads), prefetch_buffer_size=2 * max(1, int(num_threads)))
 
 
 def resolve_labels(
@@ -217,7 +218,7 @@ def train_dataset(
       labels / label_map: see :func:`resolve_labels` (use ``split.class_index`` for the CosFace
         head's rows).
       flip: random horizontal flips.
-      num_threads: decoding threads (grain ``ReadOptions``); default ``min(4, cpu count)``.
+      num_threads: threads assembling batches (grain ``ReadOptions``); default ``min(4, cpu count)``.
       worker_count: > 0 adds grain multiprocessing prefetch with that many worker processes
         (worth it for JPEG decode of big images on many cores; 0 is right for 2 cores and tests).
     Returns:
@@ -235,9 +236,15 @@ def train_dataset(
     ds = grain.MapDataset.source(sampler).map(_TrainLoad(source, groups))
     if flip:
         ds = ds.random_map(_flip, seed=int(seed) + 1)
-    it = ds.to_iter_dataset(default_read_options(sampler.batch_size, num_threads))
-    it = it.batch(sampler.batch_size, drop_remainder=True)
+    # Batch on the MapDataset so that batch b is exactly elements b*B .. b*B+B-1 (the P x K plan),
+    # also when multiprocessing workers take whole batches in turn.
+    ds = ds.batch(sampler.batch_size, drop_remainder=True)
+    it = ds.to_iter_dataset(default_read_options(num_threads))
     if worker_count > 0:
+        from absl import flags
+
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; scripts may not parse them
+            flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(worker_count)))
     return it
 
@@ -279,8 +286,8 @@ class EvalBatches:
         self.num_images = int(idx.size)
         n_pad = math.ceil(self.num_images / self.batch_size) * self.batch_size
         out_size = tuple(source.output_size) if hasattr(source, "output_size") else tuple(source[0]["image"].shape[:2])
-        ds = grain.MapDataset.range(n_pad).map(_EvalLoad(source, idx, lab, out_size))
-        self.dataset = ds.to_iter_dataset(default_read_options(self.batch_size, num_threads)).batch(self.batch_size)
+        ds = grain.MapDataset.range(n_pad).map(_EvalLoad(source, idx, lab, out_size)).batch(self.batch_size)
+        self.dataset = ds.to_iter_dataset(default_read_options(num_threads))
         self.skipped: list[int] = []
 
     def __len__(self) -> int:
