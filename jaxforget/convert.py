@@ -35,7 +35,6 @@ import numpy as np
 
 from jaxforget.models.iresnet import IRESNET_STAGES, STAGE_WIDTHS
 
-StateDict = "collections.OrderedDict[str, np.ndarray]"
 
 _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001

@@ -9,7 +9,6 @@ file does (``load_pretrained`` -> safe reader -> ``torch_to_flax``).
 from __future__ import annotations
 
 import collections
-import io
 import os
 import pathlib
 import pickle
