@@ -108,3 +108,14 @@ def test_celeba_alignment_on_real_landmarks(shared):
         out, m = align.align_face(img, lm, (112, 96))
         expected = align.apply_transform(m, lm)
         np.testing.assert_allclose(_centroids(out, expected), expected, atol=1.0)
+
+
+def test_vectorised_fit_matches_single_fit():
+    rng = np.random.default_rng(2)
+    src = rng.uniform(0, 100, (50, 5, 2))
+    dst = align.template_for((112, 96))
+    many = align.similarity_transforms(src, dst)
+    for k in range(50):
+        np.testing.assert_allclose(many[k], align.similarity_transform(src[k], dst), atol=1e-9)
+    bad = align.similarity_transforms(np.ones((1, 5, 2)), dst)
+    assert np.isnan(bad).all()

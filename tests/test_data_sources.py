@@ -80,6 +80,12 @@ def test_real_celeba_subset_metadata_and_alignment(shared):
     assert len(src) == 10000 and len(src.image_ids) == 10000 and len(src.identities) == 10000
     assert src.landmarks.shape == (10000, 5, 2) and np.isfinite(src.landmarks).all()
     assert src.identities.dtype == np.int64 and len(src.unique_identities()) == 5429
+    from jaxforget.data.align import similarity_transform, template_for
+
+    for i in (0, 4321):
+        np.testing.assert_allclose(
+            src.alignment_matrices[i], similarity_transform(src.landmarks[i], template_for((112, 96))), atol=1e-9
+        )
     for i in (0, 1234, 9999):
         rec = src[i]
         _check_record(rec, (112, 96))

@@ -94,6 +94,32 @@ def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
     return m
 
 
+def similarity_transforms(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Vectorised :func:`similarity_transform` for many point sets: ``(N, K, 2) -> (N, 2, 3)``.
+
+    In 2-D the least-squares similarity is linear in ``z = a + ib`` (``x' = a x - b y + tx``,
+    ``y' = b x + a y + ty``): with centred complex points ``s`` and ``d``,
+    ``z = sum(conj(s) d) / sum(|s|^2)`` -- the same minimiser as Umeyama's rotation and scale.
+    Rows with non-finite or coincident points give NaN matrices.
+    """
+    src = np.asarray(src, dtype=np.float64)
+    dst = np.asarray(dst, dtype=np.float64)
+    if src.ndim != 3 or src.shape[2] != 2 or dst.shape != src.shape[1:]:
+        raise ValueError(f"similarity_transforms needs src (N, K, 2) and dst (K, 2); got {src.shape} and {dst.shape}")
+    s = src[..., 0] + 1j * src[..., 1]
+    d = dst[:, 0] + 1j * dst[:, 1]
+    s_mean, d_mean = s.mean(1, keepdims=True), d.mean()
+    sc, dc = s - s_mean, d - d_mean
+    denom = (np.abs(sc) ** 2).sum(1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        z = (np.conj(sc) * dc[None]).sum(1) / np.where(denom > 1e-12, denom, np.nan)
+    t = d_mean - z * s_mean[:, 0]
+    m = np.empty((len(src), 2, 3))
+    m[:, 0, 0], m[:, 0, 1], m[:, 0, 2] = z.real, -z.imag, t.real
+    m[:, 1, 0], m[:, 1, 1], m[:, 1, 2] = z.imag, z.real, t.imag
+    return m
+
+
 def apply_transform(m: np.ndarray, points: np.ndarray) -> np.ndarray:
     """Apply a ``(2, 3)`` affine matrix to ``(..., 2)`` points."""
     points = np.asarray(points, dtype=np.float64)

@@ -125,6 +125,10 @@ class FaceSource:
             raise LandmarkError(
                 f"{self.name}: landmarks must have shape ({len(self)}, 5, 2); got {self.landmarks.shape}"
             )
+        # Alignment matrices for every record, fitted once (vectorised) for this output size.
+        self._align_m = None
+        if self.landmarks is not None:
+            self._align_m = align_lib.similarity_transforms(self.landmarks, align_lib.template_for(self.output_size))
         self.boxes = None if boxes is None else np.asarray(boxes, np.float64)
         if self.boxes is not None and self.boxes.shape != (len(self), 4):
             raise ValueError(f"{self.name}: boxes must have shape ({len(self)}, 4); got {self.boxes.shape}")
@@ -180,6 +184,11 @@ class FaceSource:
         """Sorted distinct raw identities."""
         return [_to_python(v) for v in np.unique(self.identities)]
 
+    @property
+    def alignment_matrices(self) -> np.ndarray | None:
+        """``(N, 2, 3)`` landmark -> template similarity per record (NaN rows: no landmarks)."""
+        return self._align_m
+
     def subset(self, indices: Sequence[int] | np.ndarray) -> "SubsetSource":
         """A view on the records ``indices`` (record ``j`` of the view is ``self[indices[j]]``)."""
         return SubsetSource(self, indices)
@@ -211,15 +220,21 @@ class FaceSource:
         box = None
         if self.boxes is not None and np.all(np.isfinite(self.boxes[i])):
             box = self.boxes[i]
-        return self.geometry(img, lm, box, self.describe(i))
+        m = None if lm is None or self._align_m is None else self._align_m[i]
+        return self.geometry(img, lm, box, self.describe(i), m)
 
-    def geometry(self, img: Image.Image, landmarks: np.ndarray | None, box: np.ndarray | None, where: str) -> np.ndarray:
-        """Decode ``img`` and bring it to ``output_size`` (align, crop or resize)."""
+    def geometry(
+        self, img: Image.Image, landmarks: np.ndarray | None, box: np.ndarray | None, where: str, m: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Decode ``img`` and bring it to ``output_size`` (align, crop or resize).
+
+        ``m`` is the precomputed alignment matrix of ``landmarks`` (fitted here when absent)."""
         oh, ow = self.output_size
         full_w, full_h = img.size
         if landmarks is not None:
             _check_landmarks(landmarks, (full_h, full_w), where)
-            m = align_lib.similarity_transform(landmarks, align_lib.template_for(self.output_size))
+            if m is None or not np.all(np.isfinite(m)):
+                m = align_lib.similarity_transform(landmarks, align_lib.template_for(self.output_size))
             scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
             if scale < 0.5 and img.format == "JPEG":
                 # Decode at a reduced DCT scale when the face is much bigger than the output.
@@ -267,6 +282,7 @@ class SubsetSource(FaceSource):
         self.identities = parent.identities[idx]
         self.landmarks = None if parent.landmarks is None else parent.landmarks[idx]
         self.boxes = None if parent.boxes is None else parent.boxes[idx]
+        self._align_m = None if parent._align_m is None else parent._align_m[idx]
         self.strict = parent.strict
         self.failures = parent.failures
         self.skipped_missing = parent.skipped_missing
