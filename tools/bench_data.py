@@ -13,7 +13,6 @@ import argparse
 import os
 import time
 
-import numpy as np
 
 from jaxforget.data.pipeline import train_dataset
 from jaxforget.data.sources import CelebASource

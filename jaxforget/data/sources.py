@@ -31,7 +31,7 @@ import math
 import os
 import pickle
 import threading
-from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Hashable, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
