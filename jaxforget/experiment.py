@@ -321,6 +321,8 @@ def validate(cfg) -> None:
         raise UserError(f"model.init={cfg.model.init!r} does not exist: give a checkpoint converted"
                                         " by tools/convert_insightface.py, an InsightFace .pth or a MobileFaceNet"
                                         " .ckpt (or leave it empty for random weights / config.pretrain).")
+    if cfg.data.name != "synthetic":
+        _require_path(cfg.data.root, "data.root", cfg.data.name)
     if cfg.data.distractors and not os.path.isdir(cfg.data.distractors):
         raise UserError(f"data.distractors={cfg.data.distractors!r} is not a folder of images.")
 

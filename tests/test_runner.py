@@ -1,0 +1,186 @@
+"""The experiment runner: end-to-end run, resume after interruption, data parallelism, errors."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from jaxforget import config as config_lib
+from jaxforget import experiment
+from jaxforget import methods
+from jaxforget import sharding as shd
+from jaxforget import train as train_lib
+from jaxforget.data import pipeline, splits, synthetic
+from jaxforget.models import registry
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def tiny_config(method="hard_disp"):
+    c = config_lib.finalize(config_lib.base_config(method), "demo")
+    c.model.width_mult = 0.125
+    c.model.input_size = (16, 16)
+    c.model.embedding_size = 32
+    c.data.num_identities = 16
+    c.data.images_per_identity = 6
+    c.forget.num_identities = 4
+    c.pretrain.steps = 2
+    c.pretrain.batch_size = 16
+    c.method.steps = 1
+    c.method.batch_size = 8
+    c.method.retain_batch_size = 8
+    c.eval.batch_size = 32
+    c.eval.tsne = False
+    c.train.checkpoint_every = 1
+    return c
+
+
+def test_one_step_end_to_end(tmp_path):
+    c = tiny_config()
+    c.pretrain.cache_dir = str(tmp_path / "cache")
+    out = experiment.run(c, tmp_path / "run")
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    for state in ("original", "unlearned"):
+        for proto in ("forget_base", "retain_search"):
+            m = res[state][proto]
+            assert 0.0 <= m["mAP"] <= 1.0 and 0.0 <= m["R@1"] <= 1.0
+            assert m["num_queries"] > 0
+    assert res["meta"]["steps"] == 1
+    assert (tmp_path / "run" / "results.md").read_text().startswith("# Results")
+    assert (tmp_path / "run" / "unlearned_model").is_dir()
+    lines = (tmp_path / "run" / "metrics_unlearn.jsonl").read_text().splitlines()
+    assert json.loads(lines[-1])["step"] == 1
+    assert out["original"]["forget_base"]["num_queries"] == res["original"]["forget_base"]["num_queries"]
+    # The base model was cached and is reused by a second experiment.
+    assert len(list((tmp_path / "cache").iterdir())) == 1
+
+
+def _phase_setup(tmp_path, method_name="hard_disp"):
+    c = tiny_config(method_name)
+    bundle, variables = registry.load_pretrained(c.model)
+    source = synthetic.SyntheticFaces(12, 6, size=c.model.input_size, seed=0)
+    split = splits.make_split(source.identities, num_forget=3, min_images=4, seed=0)
+    return c, bundle, variables, source, split
+
+
+def _iterators(source, split):
+    def mk(idx, seed):
+        return iter(pipeline.train_dataset(source, idx, identities_per_batch=2,
+                                           images_per_identity=4, seed=seed,
+                                           label_map=split.class_index, flip=False))
+    return {"forget": mk(split.forget_train(), 0), "retain": mk(split.retain_train(), 1)}
+
+
+def _run(c, bundle, variables, source, split, workdir, stop_after=None):
+    method = methods.get_method(c.method.name)
+    ctx = experiment._context(bundle, c, split.num_classes)
+    head = np.eye(split.num_classes, bundle.embedding_size, dtype=np.float32)
+    state = methods.init_state(method, c.method, variables, head, jax.random.PRNGKey(0))
+    mesh = shd.make_mesh(jax.devices()[:1])
+    update = jax.jit(methods.make_update_step(method, c.method, ctx), donate_argnums=0)
+    its = _iterators(source, split)
+    return train_lib.train_loop(
+        phase="unlearn", state=shd.replicate(state, mesh), update_fn=update,
+        iterators={k: its[k] for k in method.data_needs(c.method)}, workdir=workdir,
+        steps=int(c.method.steps), mesh=mesh, checkpoint_every=2, log_every=1,
+        stop_after=stop_after)
+
+
+@pytest.mark.parametrize("method_name", ["hard_disp", "rl"])
+def test_resume_after_interruption_matches_uninterrupted(tmp_path, method_name):
+    c, bundle, variables, source, split = _phase_setup(tmp_path, method_name)
+    c.method.steps = 5
+    full = _run(c, bundle, variables, source, split, tmp_path / "a")
+    # Killed after the checkpoint at step 2 (steps 3.. are lost), then re-run from scratch.
+    _run(c, bundle, variables, source, split, tmp_path / "b", stop_after=3)
+    assert train_lib.latest_checkpoint_step(tmp_path / "b", "unlearn") == 3
+    resumed = _run(c, bundle, variables, source, split, tmp_path / "b")
+    assert int(resumed.step) == 5
+    for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    for a, b in zip(jax.tree.leaves(full.batch_stats), jax.tree.leaves(resumed.batch_stats)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_four_devices_step_equals_one_device(tmp_path):
+    assert len(jax.devices()) >= 4, "conftest should provide 4 fake CPU devices"
+    c, bundle, variables, source, split = _phase_setup(tmp_path)
+    method = methods.get_method("hard_disp")
+    ctx = experiment._context(bundle, c, split.num_classes)
+    batch = {"forget": next(_iterators(source, split)["forget"])}
+    outs = []
+    for n in (1, 4):
+        mesh = shd.make_mesh(jax.devices()[:n])
+        state = methods.init_state(method, c.method, variables, None, jax.random.PRNGKey(0))
+        state = shd.replicate(state, mesh)
+        update = jax.jit(methods.make_update_step(method, c.method, ctx), donate_argnums=0)
+        sharded = shd.shard_batch(batch, mesh)
+        assert len(sharded["forget"]["image"].sharding.device_set) == n
+        new, metrics = update(state, sharded)
+        outs.append((jax.device_get(new.params), jax.device_get(metrics)))
+    (p1, m1), (p4, m4) = outs
+    np.testing.assert_allclose(m4["loss"], m1["loss"], rtol=1e-5)
+    flat1 = np.concatenate([np.ravel(a) for a in jax.tree.leaves(p1)])
+    flat4 = np.concatenate([np.ravel(a) for a in jax.tree.leaves(p4)])
+    rel = np.linalg.norm(flat4 - flat1) / np.linalg.norm(flat1)
+    print(f"4-device vs 1-device step: relative parameter difference {rel:.2e}")
+    assert rel <= 1e-5
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
+    c, bundle, variables, source, split = _phase_setup(tmp_path)
+    mesh = shd.make_mesh(jax.devices()[:1])
+    calls = {"n": 0}
+
+    def update(state, batch):
+        calls["n"] += 1
+        bad = calls["n"] >= 3
+        return state, {"loss": np.float32(np.nan if bad else 1.0), "grad_norm": np.float32(1.0)}
+
+    its = _iterators(source, split)
+    with pytest.raises(train_lib.NonFiniteError, match=r"step 3: non-finite loss=nan.*step 2"):
+        train_lib.train_loop(phase="x", state={"w": np.zeros(2)}, update_fn=update,
+                             iterators={"forget": its["forget"]}, workdir=tmp_path, steps=10,
+                             mesh=mesh, checkpoint_every=1)
+    assert train_lib.latest_checkpoint_step(tmp_path, "x") == 2
+
+
+def test_unknown_method_is_a_clear_error():
+    with pytest.raises(ValueError, match="method.name='nope'"):
+        config_lib.base_config("nope")
+    c = tiny_config()
+    c.method.name = "nope"
+    with pytest.raises(experiment.UserError, match="method.name"):
+        experiment.validate(c)
+
+
+def test_missing_data_path_names_the_field(tmp_path):
+    c = config_lib.base_config("hard_disp")
+    c.data.root = str(tmp_path / "absent")
+    with pytest.raises(experiment.UserError, match=r"data.root=.*does not exist.*CelebA"):
+        experiment.build_source(c, (112, 112))
+    c.data.root = ""
+    with pytest.raises(experiment.UserError, match=r"config field data.root is empty"):
+        experiment.build_source(c, (112, 112))
+
+
+def test_cli_rejects_unknown_config_field(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "jaxforget.main", "--config=configs/hard_disp.py:demo",
+         f"--workdir={tmp_path}", "--config.method.no_such_field=1"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode != 0
+    assert "no_such_field" in r.stderr
+
+
+def test_cli_missing_data_is_a_one_line_error(tmp_path):
+    r = subprocess.run(
+        [sys.executable, "-m", "jaxforget.main", "--config=configs/hard_disp.py",
+         f"--workdir={tmp_path}", f"--config.data.root={tmp_path}/nothing"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert r.returncode == 2
+    assert "error: data.root=" in r.stderr and "Traceback" not in r.stderr
