@@ -10,6 +10,8 @@ be overridden as ``--config.<path>=<value>``. Configs are locked: a misspelt fie
 
 from __future__ import annotations
 
+import os
+
 import ml_collections
 
 # Where each dataset comes from, used in the error raised when a path is missing.
@@ -69,6 +71,7 @@ def base_config(method: str = "hard_disp") -> ml_collections.ConfigDict:
     c.retain = ml_collections.ConfigDict(dict(
             min_images=3,            # retain identities with fewer images are left out
             train_fraction=0.5,
+            max_identities=0,        # 0: every eligible identity; else a seeded subset (speed)
     ))
 
     # Every field of the method's hyper-parameters (jaxforget.methods.base.HParams) with the
@@ -116,11 +119,10 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.forget.min_images = 4
     c.retain.min_images = 4
     c.pretrain.steps = 400
-    c.pretrain.cache_dir = ""   # '' -> <workdir>/../base_model_cache
+    c.pretrain.cache_dir = ""   # '' -> <workdir>/../base_models
     c.method.steps = 150
     c.method.batch_size = 32
     c.method.images_per_identity = 4
-    c.method.lr = 0.01
     c.eval.batch_size = 128
     c.train.checkpoint_every = 100
     c.train.log_every = 25
@@ -128,11 +130,75 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+# The project's shared folder beside the checkout (real faces and the real MobileFaceNet).
+SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+
+
+def mobilefacenet_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The real pretrained MobileFaceNet (CASIA-WebFace, 112x96, 128-d) from ../shared."""
+    c.model.name = "mobilefacenet"
+    c.model.input_size = (112, 96)
+    c.model.embedding_size = 128
+    c.model.init = os.path.join(SHARED, "weights", "mobilefacenet_casia", "068.ckpt")
+    return c
+
+
+def celeba_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """The paper's CelebA study on ../shared's 10,000-image subset with the real MobileFaceNet.
+
+    Forget 10 of the identities with the most images (>= 6 in the subset; 27 candidates), train /
+    test halves; retain = the other identities with >= 3 images; retrieval over all their images.
+    Batches are 10 identities x 3 images (the subset has 3-4 train images per forget identity).
+    """
+    mobilefacenet_overrides(c)
+    c.data.name = "celeba"
+    c.data.root = os.path.join(SHARED, "data", "celeba_subset")
+    c.forget.num_identities = 10
+    c.forget.min_images = 6
+    c.retain.min_images = 3
+    c.evals = ("forget_base", "retain_search:retain_all")
+    c.method.batch_size = 30
+    c.method.images_per_identity = 3
+    c.method.retain_batch_size = 30
+    c.method.steps = 200
+    c.eval.batch_size = 128
+    c.train.checkpoint_every = 100
+    c.train.cs_every = 50
+    return c
+
+
+def orl_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """ORL faces (40 people x 10 images) with the real MobileFaceNet: forget 5, retain 35."""
+    mobilefacenet_overrides(c)
+    c.data.name = "orl"
+    c.data.root = os.path.join(SHARED, "data", "orl_faces")
+    c.forget.num_identities = 5
+    c.forget.min_images = 10
+    c.retain.min_images = 2
+    c.evals = ("forget_base", "retain_search:retain_all")
+    c.method.batch_size = 20
+    c.method.images_per_identity = 4
+    c.method.retain_batch_size = 20
+    c.method.steps = 200
+    c.eval.batch_size = 100
+    c.train.checkpoint_every = 100
+    c.train.cs_every = 50
+    return c
+
+
+CONFIG_ARGS = {"demo": demo_overrides, "celeba": celeba_overrides, "orl": orl_overrides}
+
+
 def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies the config-string argument (``configs/x.py:demo``) and returns the config."""
+    """Applies the config-string argument (``configs/x.py:demo``) and returns the config.
+
+    ``demo``: synthetic identities and a small IResNet (no data needed); ``celeba`` / ``orl``: the
+    real MobileFaceNet on ../shared's faces.
+    """
     arg = (arg or "").strip()
-    if arg == "demo":
-        demo_overrides(c)
+    if arg in CONFIG_ARGS:
+        CONFIG_ARGS[arg](c)
     elif arg:
-        raise ValueError(f"unknown config argument {arg!r}: the configs accept ':demo' or nothing")
+        raise ValueError(f"unknown config argument {arg!r}: the configs accept "
+                         f"{', '.join(':' + a for a in CONFIG_ARGS)} or nothing")
     return c

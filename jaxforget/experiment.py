@@ -107,6 +107,7 @@ def make_or_load_split(cfg, source, workdir: pathlib.Path):
     kwargs = dict(min_images=int(f.min_images), train_fraction=float(f.train_fraction),
                                 retain_min_images=int(cfg.retain.min_images),
                                 retain_train_fraction=float(cfg.retain.train_fraction),
+                num_retain=int(cfg.retain.max_identities) or None,
                                 seed=int(cfg.seed), image_ids=source.image_ids)
     if f.identities:
         kwargs["forget_ids"] = list(f.identities)
@@ -266,6 +267,9 @@ def embed_sets(cfg, bundle, variables, source, split, names, distractors, workdi
     import jaxforget.eval as embed_lib  # pylint: disable=import-outside-toplevel
     out = {}
     for name in names:
+        if name == "retain_all":  # every image of the retain identities (train and test)
+            out[name] = embed_lib.Embeddings.concatenate([out["retain_train"], out["retain_test"]])
+            continue
         path = workdir / "embeddings" / f"{state}_{name}.npz"
         if path.exists():
             out[name] = embed_lib.Embeddings.load(path)
@@ -295,11 +299,12 @@ def _needed_sets(cfg) -> tuple[str, ...]:
         need = protocols.required_sets(tuple(cfg.evals))
     except KeyError as e:
         raise UserError(f"config field evals: {e.args[0]}") from e
-    unsupported = sorted(need - set(CORE_SETS) - {"distractors"})
+    unsupported = sorted(need - set(CORE_SETS) - {"distractors", "retain_all"})
     if unsupported:
         raise UserError(f"evals={tuple(cfg.evals)} need the sets {unsupported}, which this runner "
                                         "does not build; use forget_base, forget_extended and retain_search.")
-    return tuple(CORE_SETS) + (("distractors",) if "distractors" in need else ())
+    extra = tuple(n for n in ("distractors", "retain_all") if n in need)
+    return tuple(CORE_SETS) + extra
 
 
 # --------------------------------------------------------------------------------------------
