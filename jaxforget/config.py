@@ -92,13 +92,16 @@ def base_config(method: str = "hard_disp") -> ml_collections.ConfigDict:
     # to make its own base model; the result is cached in cache_dir and reused.
     c.pretrain = ml_collections.ConfigDict(dict(
             steps=0, lr=0.1, batch_size=64, images_per_identity=4, optimizer="sgd", momentum=0.9,
-            weight_decay=5e-4, schedule="cosine", warmup_steps=50, cache_dir=""))
+            weight_decay=5e-4, schedule="cosine", warmup_steps=50))
 
     c.evals = ("forget_base", "retain_search")
     c.eval = ml_collections.ConfigDict(dict(
             batch_size=64, flip=True, tsne=True, index="exact", tsne_identities=10))
     c.train = ml_collections.ConfigDict(dict(
             checkpoint_every=200, log_every=25, cs_every=100))
+    # Shared between runs: fine-tuned base models and the original model's embeddings, keyed by
+    # everything they depend on (model, data, split, settings). '' -> <workdir>/../cache.
+    c.cache_dir = ""
     c.export_torch = False     # also write the unlearned backbone as an InsightFace .pth
     return c
 
@@ -119,7 +122,6 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.forget.min_images = 4
     c.retain.min_images = 4
     c.pretrain.steps = 400
-    c.pretrain.cache_dir = ""   # '' -> <workdir>/../base_models
     c.method.steps = 150
     c.method.batch_size = 32
     c.method.images_per_identity = 4

@@ -195,24 +195,29 @@ def run_phase(*, phase: str, method_name: str, method_cfg, cfg, bundle, variable
     return jax.device_get(_variables_of(state)), jax.device_get(state.head)
 
 
-def _pretrain_key(cfg, split) -> str:
-    blob = json.dumps({"model": cfg.model.to_dict(), "data": cfg.data.to_dict(),
-                                          "pretrain": cfg.pretrain.to_dict(), "head": cfg.head.to_dict(),
-                                          "split": split.source_fingerprint, "train": sorted(
-                                                  (str(k), [int(i) for i in v]) for k, v in split.train.items()),
-                                          "seed": int(cfg.seed)}, sort_keys=True, default=str)
+def cache_root(cfg, workdir: pathlib.Path) -> pathlib.Path:
+    return pathlib.Path(cfg.cache_dir or (workdir.parent / "cache"))
+
+
+def _cache_key(cfg, split, *extra) -> str:
+    """Everything the base model (and so the original embeddings) depends on."""
+    model = cfg.model.to_dict()
+    if model.get("init"):
+        model["init"] = str(pathlib.Path(model["init"]).expanduser().resolve())
+    blob = json.dumps({"model": model, "data": cfg.data.to_dict(),
+                       "pretrain": cfg.pretrain.to_dict(), "head": cfg.head.to_dict(),
+                       "split": split.to_json(), "extra": extra}, sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh):
     """CosFace fine-tuning on every train image of the split (forget and retain identities).
 
-    The result (backbone and head) is cached under ``pretrain.cache_dir`` keyed by the model,
-    data, split and settings, so the demo trains its base model once.
+    The result (backbone and head) is cached under ``<cache_dir>/base_models`` keyed by the
+    model, data, split and settings, so the demo trains its base model once.
     """
     from jaxforget import checkpoint  # pylint: disable=import-outside-toplevel
-    cache_root = pathlib.Path(cfg.pretrain.cache_dir or (workdir.parent / "base_models"))
-    path = (cache_root / _pretrain_key(cfg, split)).resolve()
+    path = (cache_root(cfg, workdir) / "base_models" / _cache_key(cfg, split)).resolve()
     if checkpoint.is_variables_checkpoint(path):
         stored, meta = checkpoint.load_variables(path)
         _log(f"[pretrain] using the cached base model {path}")
@@ -270,7 +275,11 @@ def embed_sets(cfg, bundle, variables, source, split, names, distractors, workdi
         if name == "retain_all":  # every image of the retain identities (train and test)
             out[name] = embed_lib.Embeddings.concatenate([out["retain_train"], out["retain_test"]])
             continue
-        path = workdir / "embeddings" / f"{state}_{name}.npz"
+        if state == "original":  # shared by every method run on the same base model and split
+            path = (cache_root(cfg, workdir) / "embeddings"
+                    / _cache_key(cfg, split, bool(cfg.eval.flip)) / f"{name}.npz")
+        else:
+            path = workdir / "embeddings" / f"{state}_{name}.npz"
         if path.exists():
             out[name] = embed_lib.Embeddings.load(path)
             continue
@@ -284,7 +293,9 @@ def embed_sets(cfg, bundle, variables, source, split, names, distractors, workdi
         out[name] = embed_lib.embed_model(bundle, variables, batches, flip=bool(cfg.eval.flip),
                                                                             progress=f"[{state}] embed {name}",
                                                                             total=batches.num_images)
-        out[name].save(path)
+        tmp = path.with_name(path.stem + ".partial.npz")  # an interruption leaves no torn file
+        out[name].save(tmp)
+        os.replace(tmp, path)
     return out
 
 
@@ -357,7 +368,7 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None
             c.seeds = ()
         _log(f"=== seed {s} ===")
         runs.append(run_one(c, workdir / f"seed_{s}"))
-    table = report.aggregate_markdown(runs)
+    table = report.aggregate_markdown(report.aggregate(runs))
     (workdir / "results.md").write_text(table + "\n")
     (workdir / "results.json").write_text(json.dumps(report.aggregate(runs), indent=2) + "\n")
     print(table)

@@ -41,7 +41,7 @@ def tiny_config(method="hard_disp"):
 
 def test_one_step_end_to_end(tmp_path):
     c = tiny_config()
-    c.pretrain.cache_dir = str(tmp_path / "cache")
+    c.cache_dir = str(tmp_path / "cache")
     out = experiment.run(c, tmp_path / "run")
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     for state in ("original", "unlearned"):
@@ -56,7 +56,8 @@ def test_one_step_end_to_end(tmp_path):
     assert json.loads(lines[-1])["step"] == 1
     assert out["original"]["forget_base"]["num_queries"] == res["original"]["forget_base"]["num_queries"]
     # The base model was cached and is reused by a second experiment.
-    assert len(list((tmp_path / "cache").iterdir())) == 1
+    assert len(list((tmp_path / "cache" / "base_models").iterdir())) == 1
+    assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 1
 
 
 def _phase_setup(tmp_path, method_name="hard_disp"):
