@@ -4,7 +4,7 @@ Trains a tiny conv encoder with a CosFace loss (plain JAX + flax linen + optax, 
 synthetic identities, then measures leave-one-out retrieval (mAP, rank-1) on *held-out* identities
 for raw pixels and for the trained embeddings. CPU-friendly: 32x32 images, a couple of minutes.
 
-    python tools/synthetic_check.py                 # defaults: 300 train ids x 16, 100 test ids x 10
+    python tools/synthetic_check.py                 # defaults: 300 train ids x 16, 100 test ids x 10, 2400 steps
     python tools/synthetic_check.py --seconds 60    # shorter training budget
 """
 
@@ -57,7 +57,7 @@ def main() -> None:
     ap.add_argument("--test-images", type=int, default=10)
     ap.add_argument("--size", type=int, default=32)
     ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--steps", type=int, default=1200)
+    ap.add_argument("--steps", type=int, default=2400)
     ap.add_argument("--margin", type=float, default=0.25)
     ap.add_argument("--seconds", type=float, default=300.0, help="stop training after this wall time")
     ap.add_argument("--seed", type=int, default=0)
