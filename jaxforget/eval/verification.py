@@ -117,15 +117,24 @@ def verification_metrics(
     folds: np.ndarray | None = None,
     fars: Sequence[float] = (1e-3, 1e-4),
 ) -> dict[str, Any]:
-    """``{'acc', 'acc_std', 'threshold', 'TAR@FAR=1e-03', ..., 'num_pairs'}`` for scored pairs."""
+    """``{'acc', 'acc_std', 'threshold', 'TAR@FAR=1e-03', ..., 'num_pairs'}`` for scored pairs.
+
+    TAR values are NaN when the pairs hold no impostor or no genuine pair (a set of genuine pairs
+    only, such as the 10-pair ``lfw_small.bin``, has no false-accept rate).
+    """
     s, y = _check_pairs(scores, issame)
     n_folds = min(n_folds, s.size)
     out = kfold_accuracy(s, y, n_folds=n_folds, folds=folds)
     for far in fars:
+        if y.all() or not y.any():
+            out[f"TAR@FAR={far:.0e}"] = float("nan")
+            out[f"FAR={far:.0e}_resolved"] = False
+            continue
         r = tar_at_far(s, y, far)
         out[f"TAR@FAR={far:.0e}"] = r["tar"]
         out[f"FAR={far:.0e}_resolved"] = r["far_resolved"]
     out["num_pairs"] = int(s.size)
+    out["num_genuine"] = int(y.sum())
     return out
 
 
