@@ -72,27 +72,14 @@ def _require_path(value: str, field: str, data_name: str) -> str:
 
 
 def build_source(cfg: ml_collections.ConfigDict, input_size: tuple[int, int]):
-    """The face source named by ``config.data.name`` at the model's input size."""
-    from jaxforget.data import sources, synthetic  # pylint: disable=import-outside-toplevel
-    d = cfg.data
-    limit = int(d.max_images) or None
-    if d.name == "synthetic":
-        return synthetic.SyntheticFaces(int(d.num_identities), int(d.images_per_identity),
-                                                                        size=input_size, seed=0)
-    root = _require_path(d.root, "data.root", d.name)
+    """The face source named by ``config.data`` at the model's input size."""
+    from jaxforget.data import sources  # pylint: disable=import-outside-toplevel
+    if cfg.data.name != "synthetic":
+        _require_path(cfg.data.root, "data.root", cfg.data.name)
     try:
-        if d.name == "celeba":
-            landmarks = (d.landmarks or "auto") if d.align else None
-            kwargs = {"identity_file": d.annotations} if d.annotations else {}
-            return sources.CelebASource(root, input_size, landmarks=landmarks, limit=limit, **kwargs)
-        if d.name in ("orl", "folder"):
-            return sources.FolderSource(root, input_size)
-        if d.name == "vggface2":
-            return sources.VGGFace2Source(root, split="test", output_size=input_size,
-                                                                        landmarks="auto" if d.align else None)
-    except sources.DataError as e:
-        raise UserError(f"data.root={root!r}: {e}") from e
-    raise UserError(f"unknown data.name={d.name!r}; use one of {sorted(config_lib.DATA_HELP)}.")
+        return sources.source_from_config(cfg.data, input_size, seed=0)
+    except (sources.DataError, ValueError) as e:
+        raise UserError(f"config data.* ({cfg.data.name}): {e}") from e
 
 
 def make_or_load_split(cfg, source, workdir: pathlib.Path):
