@@ -1,0 +1,59 @@
+"""Smoke test of tools/benchmark.py: the --quick run finishes and writes a complete JSON report."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _positive(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def test_quick_benchmark_writes_complete_report(tmp_path):
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--quick", "--json-out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "unlearning step fp32" in proc.stdout and "goals:" in proc.stdout
+    report = json.loads(out.read_text())
+
+    assert _positive(report["ceiling"]["jax_fp32_gflops"]) and _positive(report["ceiling"]["torch_bf16_gflops"])
+    for kind in ("step", "embed"):
+        for precision in ("fp32", "bf16"):
+            entry = report[kind][precision]
+            assert _positive(entry["speedup"])
+            for side in ("jax", "torch"):
+                m = entry[side]
+                assert _positive(m["images_per_s"]) and _positive(m["median_s"])
+                assert len(m["step_s"]) == report["config"]["steps"]
+                assert _positive(m["peak_rss_mb"])
+    fp32 = report["step"]["fp32"]
+    assert _positive(fp32["model_gflops_per_step"]) and _positive(fp32["jax"]["achieved_gflops"])
+    assert 0 < fp32["jax_utilisation"]
+    # Same weights, batch, loss and optimiser: the first two fp32 losses agree (the second after an
+    # SGD step on each side), so the two frameworks are timed on the same computation.
+    assert len(fp32["loss_abs_diff_first_steps"]) == 2
+    assert max(fp32["loss_abs_diff_first_steps"]) < 1e-4
+    assert report["embed"]["fp32"]["embedding_abs_diff"] < 1e-4
+
+    pipe = report["pipeline"]
+    assert len(pipe["wait_s"]) == report["config"]["pipeline_steps"]
+    assert all(w >= 0 for w in pipe["wait_s"]) and _positive(pipe["median_step_with_pipeline_s"])
+    assert 0 <= pipe["wait_fraction"] <= 1.5
+
+    r = report["retrieval"]
+    for name in ("jaxforget_exact", "faiss_flat_top100", "numpy_reference"):
+        assert _positive(r[name]["seconds"])
+    assert r["mAP_abs_diff_exact_vs_numpy"] < 1e-6
+    goals = report["goals"]
+    assert goals["fp32_goal_met"] == (goals["step_fp32_vs_torch_fp32"] >= 1.0)
