@@ -14,6 +14,7 @@ Each batch is padded to a multiple of the device count and sharded along its fir
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import pathlib
 import sys
@@ -199,7 +200,7 @@ def embed(
     mesh = jax.sharding.Mesh(np.array(devices), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
     data_sharding = NamedSharding(mesh, P("data"))
     repl = NamedSharding(mesh, P())
-    fn = jax.jit(make_embed_fn(apply_fn, pixel_mean, pixel_std, flip), out_shardings=repl)
+    fn = _jitted_embed_fn(apply_fn, float(pixel_mean), float(pixel_std), flip, repl)
     variables = jax.device_put(variables, repl)
 
     prog = Progress(progress if isinstance(progress, str) else "embed", total) if progress else None
@@ -225,10 +226,23 @@ def embed(
     return Embeddings(np.concatenate(embs), np.concatenate(labels), np.concatenate(ids))
 
 
-def embed_model(bundle: Any, variables: Any, batches: Iterable[Mapping[str, Any]], **kwargs: Any) -> Embeddings:
-    """:func:`embed` for a ``ModelBundle`` (``module``, ``pixel_mean``, ``pixel_std``) in eval mode."""
+@functools.lru_cache(maxsize=32)
+def _jitted_embed_fn(apply_fn: ApplyFn, pixel_mean: float, pixel_std: float, flip: bool | str,
+                     out_sharding: NamedSharding) -> Callable[[Any, jax.Array], jax.Array]:
+    """One compiled embedding function per model and setting, reused by every set embedded."""
+    return jax.jit(make_embed_fn(apply_fn, pixel_mean, pixel_std, flip), out_shardings=out_sharding)
+
+
+@functools.lru_cache(maxsize=32)
+def _eval_apply(module: Any) -> ApplyFn:
+    """The eval-mode forward of a flax module; the same object for equal modules (cache key)."""
 
     def apply_fn(v: Any, x: jax.Array) -> jax.Array:
-        return bundle.module.apply(v, x, train=False)
+        return module.apply(v, x, train=False)
 
-    return embed(apply_fn, variables, batches, bundle.pixel_mean, bundle.pixel_std, **kwargs)
+    return apply_fn
+
+
+def embed_model(bundle: Any, variables: Any, batches: Iterable[Mapping[str, Any]], **kwargs: Any) -> Embeddings:
+    """:func:`embed` for a ``ModelBundle`` (``module``, ``pixel_mean``, ``pixel_std``) in eval mode."""
+    return embed(_eval_apply(bundle.module), variables, batches, bundle.pixel_mean, bundle.pixel_std, **kwargs)
