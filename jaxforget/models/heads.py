@@ -14,75 +14,14 @@ safe to jit; the :class:`CosFaceHead` module owns the weight matrix ``weight`` o
 
 from __future__ import annotations
 
-import math
-from typing import Literal
-
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-MarginKind = Literal["cosface", "arcface"]
+# The math lives in jaxforget.losses.margin (pure jitted functions); the head module owns weights.
+from jaxforget.losses.margin import MarginKind, cosine_logits, margin_logits, margin_loss
 
-
-def _l2_normalize(x: jax.Array, axis: int = -1, eps: float = 1e-12) -> jax.Array:
-    x = x.astype(jnp.float32)
-    return x * jax.lax.rsqrt(jnp.maximum(jnp.sum(x * x, axis=axis, keepdims=True), eps * eps))
-
-
-def cosine_logits(z: jax.Array, weights: jax.Array) -> jax.Array:
-    """``cos(z_i, W_c)`` for embeddings ``(B, d)`` and class weights ``(C, d)``; returns ``(B, C)``."""
-    if z.ndim != 2 or weights.ndim != 2 or z.shape[-1] != weights.shape[-1]:
-        raise ValueError(
-            f"cosine_logits needs embeddings (B, d) and class weights (C, d) with the same d; got "
-            f"{tuple(z.shape)} and {tuple(weights.shape)}"
-        )
-    return _l2_normalize(z) @ _l2_normalize(weights).T
-
-
-def margin_logits(
-    z: jax.Array,
-    weights: jax.Array,
-    labels: jax.Array | None,
-    s: float = 64.0,
-    m: float = 0.4,
-    kind: MarginKind = "cosface",
-) -> jax.Array:
-    """Scaled margin logits ``(B, C)``; ``labels=None`` (or a label < 0) applies no margin to that row."""
-    cos = cosine_logits(z, weights)
-    if labels is None:
-        return s * cos
-    labels = jnp.asarray(labels, jnp.int32)
-    onehot = jax.nn.one_hot(labels, cos.shape[-1], dtype=bool)  # all False for labels < 0
-    if kind == "cosface":
-        target = cos - m
-    elif kind == "arcface":
-        c = jnp.clip(cos, -1.0, 1.0)
-        sin = jnp.sqrt(jnp.clip(1.0 - c * c, 1e-12, 1.0))
-        shifted = c * math.cos(m) - sin * math.sin(m)  # cos(theta + m)
-        # theta + m <= pi  <=>  cos(theta) >= cos(pi - m)
-        target = jnp.where(c > math.cos(math.pi - m), shifted, c - math.sin(math.pi - m) * m)
-    else:
-        raise ValueError(f"margin kind {kind!r} is not supported; use 'cosface' or 'arcface'")
-    return s * jnp.where(onehot, target, cos)
-
-
-def margin_loss(
-    z: jax.Array,
-    weights: jax.Array,
-    labels: jax.Array,
-    s: float = 64.0,
-    m: float = 0.4,
-    kind: MarginKind = "cosface",
-    mask: jax.Array | None = None,
-) -> jax.Array:
-    """Mean softmax cross-entropy of :func:`margin_logits` (rows with ``mask=False`` are ignored)."""
-    logits = margin_logits(z, weights, labels, s, m, kind)
-    labels = jnp.asarray(labels, jnp.int32)
-    per_example = -jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), labels[:, None], axis=-1)[:, 0]
-    if mask is None:
-        return jnp.mean(per_example)
-    w = jnp.asarray(mask, jnp.float32)
-    return jnp.sum(per_example * w) / jnp.maximum(jnp.sum(w), 1.0)
+__all__ = ["CosFaceHead", "MarginKind", "cosine_logits", "margin_logits", "margin_loss"]
 
 
 class CosFaceHead(nn.Module):
