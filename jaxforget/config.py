@@ -16,12 +16,12 @@ import ml_collections
 
 # Where each dataset comes from, used in the error raised when a path is missing.
 DATA_HELP = {
-        "celeba": "CelebA 'Align&Cropped' images (img_align_celeba/) with identity_CelebA.txt and"
-                            " list_landmarks_align_celeba.txt, from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
-        "vggface2": "VGGFace2 (train/ and test/ identity folders, bb_landmark/*.csv)",
-        "orl": "the ORL / AT&T faces (s1..s40 folders of 10 PGM images each)",
-        "folder": "any folder holding one sub-folder of images per identity",
-        "synthetic": "nothing: procedurally generated identities",
+    "celeba": "CelebA 'Align&Cropped' images (img_align_celeba/) with identity_CelebA.txt and"
+    " list_landmarks_align_celeba.txt, from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
+    "vggface2": "VGGFace2 (train/ and test/ identity folders, bb_landmark/*.csv)",
+    "orl": "the ORL / AT&T faces (s1..s40 folders of 10 PGM images each)",
+    "folder": "any folder holding one sub-folder of images per identity",
+    "synthetic": "nothing: procedurally generated identities",
 }
 
 
@@ -32,77 +32,99 @@ def base_config(method: str = "hard_disp") -> ml_collections.ConfigDict:
     c.seeds = ()
     # Multi-host: 'auto' (Cloud TPU / SLURM) or 'host:port'; empty for one host.
     c.distributed = ml_collections.ConfigDict(
-            dict(coordinator_address="", num_processes=0, process_id=-1))
+        dict(coordinator_address="", num_processes=0, process_id=-1)
+    )
 
-    c.model = ml_collections.ConfigDict(dict(
-            name="iresnet50",        # iresnet18|34|50|100|200, mobilefacenet
-            width_mult=1.0,          # channel multiplier for small test models
-            input_size=(112, 112),   # (H, W)
+    c.model = ml_collections.ConfigDict(
+        dict(
+            name="iresnet50",  # iresnet18|34|50|100|200, mobilefacenet
+            width_mult=1.0,  # channel multiplier for small test models
+            input_size=(112, 112),  # (H, W)
             embedding_size=512,
-            dtype="float32",         # compute dtype; 'bfloat16' keeps float32 parameters
+            dtype="float32",  # compute dtype; 'bfloat16' keeps float32 parameters
             dropout=0.0,
-            init="",                 # converted orbax dir, InsightFace .pth, or MobileFaceNet .ckpt
-    ))
+            init="",  # converted orbax dir, InsightFace .pth, or MobileFaceNet .ckpt
+        )
+    )
     # CosFace head (class weights). The released backbones carry no head for the training
     # identities, so the head is imprinted: row c = normalised mean embedding of identity c's train
     # images under the original model, unless a fine-tuned base model brings its own.
     c.head = ml_collections.ConfigDict(dict(kind="cosface", s=64.0, m=0.4))
 
-    c.data = ml_collections.ConfigDict(dict(
-            name="celeba",           # celeba | vggface2 | orl | folder | synthetic
-            root="",                 # dataset folder
-            annotations="",          # identity file (CelebA: identity_CelebA.txt under root by default)
-            landmarks="",            # five-point landmarks file; empty: look under root, else fixed crop
-            align=True,              # align with the landmarks when there are any
+    c.data = ml_collections.ConfigDict(
+        dict(
+            name="celeba",  # celeba | vggface2 | orl | folder | synthetic
+            root="",  # dataset folder
+            annotations="",  # identity file (CelebA: identity_CelebA.txt under root by default)
+            landmarks="",  # five-point landmarks file; empty: look under root, else fixed crop
+            align=True,  # align with the landmarks when there are any
             # Synthetic identities (data.name='synthetic').
             num_identities=120,
             images_per_identity=12,
             # Distractors for the extended protocols (an identity-less image folder).
             distractors="",
-            max_images=0,            # 0: all; otherwise read only the first N records (quick tries)
-    ))
+            max_images=0,  # 0: all; otherwise read only the first N records (quick tries)
+        )
+    )
 
-    c.forget = ml_collections.ConfigDict(dict(
-            num_identities=10,       # chosen by seed among identities with >= min_images images
-            identities=(),           # or an explicit list of raw identity ids
+    c.forget = ml_collections.ConfigDict(
+        dict(
+            num_identities=10,  # chosen by seed among identities with >= min_images images
+            identities=(),  # or an explicit list of raw identity ids
             min_images=10,
-            train_fraction=0.5,      # each forget identity: train half unlearns, test half queries
-    ))
-    c.retain = ml_collections.ConfigDict(dict(
-            min_images=3,            # retain identities with fewer images are left out
+            train_fraction=0.5,  # each forget identity: train half unlearns, test half queries
+        )
+    )
+    c.retain = ml_collections.ConfigDict(
+        dict(
+            min_images=3,  # retain identities with fewer images are left out
             train_fraction=0.5,
-            max_identities=0,        # 0: every eligible identity; else a seeded subset (speed)
-    ))
+            max_identities=0,  # 0: every eligible identity; else a seeded subset (speed)
+        )
+    )
 
     # Every field of the method's hyper-parameters (jaxforget.methods.base.HParams) with the
     # method's own defaults, plus the runner's data fields.
     from jaxforget import methods  # pylint: disable=import-outside-toplevel
+
     try:
         c.method = methods.get_method(method).default_config()
     except (KeyError, ValueError) as e:
         raise ValueError(f"config method.name={method!r}: {e}") from e
-    c.method.update(dict(
-        batch_size=32,           # forget batch; paper: 32 (CelebA), 160 (VGGFace2)
-        images_per_identity=4,   # K of the P x K sampler (P = batch_size / K)
-        retain_batch_size=32,
-        salun_batches=8,         # forget batches whose summed gradient ranks weights for SalUn
-    ))
+    c.method.update(
+        dict(
+            batch_size=32,  # forget batch; paper: 32 (CelebA), 160 (VGGFace2)
+            images_per_identity=4,  # K of the P x K sampler (P = batch_size / K)
+            retain_batch_size=32,
+            salun_batches=8,  # forget batches whose summed gradient ranks weights for SalUn
+        )
+    )
 
     # Base-model fine-tuning before unlearning (CosFace on every train identity). Used by the demo
     # to make its own base model; the result is cached in cache_dir and reused.
-    c.pretrain = ml_collections.ConfigDict(dict(
-            steps=0, lr=0.1, batch_size=64, images_per_identity=4, optimizer="sgd", momentum=0.9,
-            weight_decay=5e-4, schedule="cosine", warmup_steps=50))
+    c.pretrain = ml_collections.ConfigDict(
+        dict(
+            steps=0,
+            lr=0.1,
+            batch_size=64,
+            images_per_identity=4,
+            optimizer="sgd",
+            momentum=0.9,
+            weight_decay=5e-4,
+            schedule="cosine",
+            warmup_steps=50,
+        )
+    )
 
     c.evals = ("forget_base", "retain_search")
-    c.eval = ml_collections.ConfigDict(dict(
-            batch_size=64, flip=True, tsne=True, index="exact", tsne_identities=10))
-    c.train = ml_collections.ConfigDict(dict(
-            checkpoint_every=200, log_every=25, cs_every=100))
+    c.eval = ml_collections.ConfigDict(
+        dict(batch_size=64, flip=True, tsne=True, index="exact", tsne_identities=10)
+    )
+    c.train = ml_collections.ConfigDict(dict(checkpoint_every=200, log_every=25, cs_every=100))
     # Shared between runs: fine-tuned base models and the original model's embeddings, keyed by
     # everything they depend on (model, data, split, settings). '' -> <workdir>/../cache.
     c.cache_dir = ""
-    c.export_torch = False     # also write the unlearned backbone as an InsightFace .pth
+    c.export_torch = False  # also write the unlearned backbone as an InsightFace .pth
     return c
 
 
@@ -201,6 +223,8 @@ def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.Co
     if arg in CONFIG_ARGS:
         CONFIG_ARGS[arg](c)
     elif arg:
-        raise ValueError(f"unknown config argument {arg!r}: the configs accept "
-                         f"{', '.join(':' + a for a in CONFIG_ARGS)} or nothing")
+        raise ValueError(
+            f"unknown config argument {arg!r}: the configs accept "
+            f"{', '.join(':' + a for a in CONFIG_ARGS)} or nothing"
+        )
     return c

@@ -63,17 +63,21 @@ def _log(msg: str) -> None:
 def _require_path(value: str, field: str, data_name: str) -> str:
     where = config_lib.DATA_HELP.get(data_name, "")
     if not value:
-        raise UserError(f"config field {field} is empty: set --config.{field}=/path/to/data"
-                                        f" ({where}).")
+        raise UserError(
+            f"config field {field} is empty: set --config.{field}=/path/to/data ({where})."
+        )
     if not os.path.exists(value):
-        raise UserError(f"{field}={value!r} does not exist: set --config.{field} to the dataset"
-                                        f" folder ({where}).")
+        raise UserError(
+            f"{field}={value!r} does not exist: set --config.{field} to the dataset"
+            f" folder ({where})."
+        )
     return value
 
 
 def build_source(cfg: ml_collections.ConfigDict, input_size: tuple[int, int]):
     """The face source named by ``config.data`` at the model's input size."""
     from jaxforget.data import sources  # pylint: disable=import-outside-toplevel
+
     if cfg.data.name != "synthetic":
         _require_path(cfg.data.root, "data.root", cfg.data.name)
     try:
@@ -84,6 +88,7 @@ def build_source(cfg: ml_collections.ConfigDict, input_size: tuple[int, int]):
 
 def make_or_load_split(cfg, source, workdir: pathlib.Path):
     from jaxforget.data import splits  # pylint: disable=import-outside-toplevel
+
     path = workdir / "split.json"
     if path.exists():
         split = splits.Split.load(path)
@@ -91,11 +96,15 @@ def make_or_load_split(cfg, source, workdir: pathlib.Path):
         _log(f"split: reloaded {path}")
         return split
     f = cfg.forget
-    kwargs = dict(min_images=int(f.min_images), train_fraction=float(f.train_fraction),
-                                retain_min_images=int(cfg.retain.min_images),
-                                retain_train_fraction=float(cfg.retain.train_fraction),
-                num_retain=int(cfg.retain.max_identities) or None,
-                                seed=int(cfg.seed), image_ids=source.image_ids)
+    kwargs = dict(
+        min_images=int(f.min_images),
+        train_fraction=float(f.train_fraction),
+        retain_min_images=int(cfg.retain.min_images),
+        retain_train_fraction=float(cfg.retain.train_fraction),
+        num_retain=int(cfg.retain.max_identities) or None,
+        seed=int(cfg.seed),
+        image_ids=source.image_ids,
+    )
     if f.identities:
         kwargs["forget_ids"] = list(f.identities)
     else:
@@ -105,9 +114,11 @@ def make_or_load_split(cfg, source, workdir: pathlib.Path):
     except splits.DataError as e:
         raise UserError(f"cannot split {source.name} with forget.*={f.to_dict()}: {e}") from e
     split.save(path)
-    _log(f"split: {len(split.forget_ids)} forget identities "
-              f"({len(split.forget_train())} train / {len(split.forget_test())} test images), "
-              f"{len(split.retain_ids)} retain identities; written to {path}")
+    _log(
+        f"split: {len(split.forget_ids)} forget identities "
+        f"({len(split.forget_train())} train / {len(split.forget_test())} test images), "
+        f"{len(split.retain_ids)} retain identities; written to {path}"
+    )
     return split
 
 
@@ -123,9 +134,16 @@ def _all_images(source, indices: np.ndarray) -> np.ndarray:
 
 def _context(bundle, cfg, num_classes: int):
     from jaxforget.methods import base  # pylint: disable=import-outside-toplevel
-    return base.Context(apply_fn=bundle.module.apply, pixel_mean=bundle.pixel_mean,
-                                            pixel_std=bundle.pixel_std, num_classes=num_classes,
-                                            head_kind=cfg.head.kind, head_s=float(cfg.head.s), head_m=float(cfg.head.m))
+
+    return base.Context(
+        apply_fn=bundle.module.apply,
+        pixel_mean=bundle.pixel_mean,
+        pixel_std=bundle.pixel_std,
+        num_classes=num_classes,
+        head_kind=cfg.head.kind,
+        head_s=float(cfg.head.s),
+        head_m=float(cfg.head.m),
+    )
 
 
 def _variables_of(state) -> dict[str, Any]:
@@ -137,20 +155,43 @@ def _variables_of(state) -> dict[str, Any]:
 
 def _train_iterator(source, indices, split, batch_size: int, k: int, seed: int, what: str):
     from jaxforget.data import pipeline  # pylint: disable=import-outside-toplevel
+
     if batch_size % k:
-        raise UserError(f"{what}.batch_size={batch_size} must be a multiple of "
-                                        f"{what}.images_per_identity={k} (batches are P identities x K images).")
-    ds = pipeline.train_dataset(source, indices, identities_per_batch=batch_size // k,
-                                                            images_per_identity=k, seed=seed, label_map=split.class_index,
-                                                            flip=False)  # the update step flips on device
+        raise UserError(
+            f"{what}.batch_size={batch_size} must be a multiple of "
+            f"{what}.images_per_identity={k} (batches are P identities x K images)."
+        )
+    ds = pipeline.train_dataset(
+        source,
+        indices,
+        identities_per_batch=batch_size // k,
+        images_per_identity=k,
+        seed=seed,
+        label_map=split.class_index,
+        flip=False,
+    )  # the update step flips on device
     return iter(ds)
 
 
-def run_phase(*, phase: str, method_name: str, method_cfg, cfg, bundle, variables, head,
-                            iterators: Mapping[str, Any], workdir: pathlib.Path, num_classes: int, mesh,
-                            saliency_batches=None, hook=None) -> tuple[dict[str, Any], Any]:
+def run_phase(
+    *,
+    phase: str,
+    method_name: str,
+    method_cfg,
+    cfg,
+    bundle,
+    variables,
+    head,
+    iterators: Mapping[str, Any],
+    workdir: pathlib.Path,
+    num_classes: int,
+    mesh,
+    saliency_batches=None,
+    hook=None,
+) -> tuple[dict[str, Any], Any]:
     """Trains ``variables`` with a method for ``method_cfg.steps`` steps; returns (variables, head)."""
     from jaxforget import methods  # pylint: disable=import-outside-toplevel
+
     method = methods.get_method(method_name)
     ctx = _context(bundle, cfg, num_classes)
     rng = jax.random.PRNGKey(int(cfg.seed) + 1000 * (phase == "pretrain"))
@@ -160,25 +201,47 @@ def run_phase(*, phase: str, method_name: str, method_cfg, cfg, bundle, variable
     if hp.salun_fraction > 0 and start is None:
         # The mask is computed once from the original model; a resumed run restores it with the
         # optimizer state from the checkpoint.
-        _log(f"[{phase}] SalUn: ranking weights by the forget-loss gradient "
-                  f"(keeping {hp.salun_fraction:.0%})")
+        _log(
+            f"[{phase}] SalUn: ranking weights by the forget-loss gradient "
+            f"(keeping {hp.salun_fraction:.0%})"
+        )
         loss = "cosface" if method.uses_head else "dispersion"
-        mask = methods.compute_saliency_mask(method, ctx, state, saliency_batches(),
-                                                                                  hp.salun_fraction, loss=loss, method_cfg=method_cfg)
+        mask = methods.compute_saliency_mask(
+            method,
+            ctx,
+            state,
+            saliency_batches(),
+            hp.salun_fraction,
+            loss=loss,
+            method_cfg=method_cfg,
+        )
         state = methods.init_state(method, method_cfg, variables, head, rng, saliency_mask=mask)
     for key in method.data_needs(method_cfg):
-        shd.check_divisible(int(method_cfg.batch_size if key == "forget" else
-                                                        method_cfg.get("retain_batch_size", method_cfg.batch_size)),
-                                                mesh, f"{phase} batch size for '{key}'")
+        shd.check_divisible(
+            int(
+                method_cfg.batch_size
+                if key == "forget"
+                else method_cfg.get("retain_batch_size", method_cfg.batch_size)
+            ),
+            mesh,
+            f"{phase} batch size for '{key}'",
+        )
     state = shd.replicate(state, mesh)
     update = jax.jit(methods.make_update_step(method, method_cfg, ctx), donate_argnums=0)
     state = train_lib.train_loop(
-            phase=phase, state=state, update_fn=update,
-            iterators={k: iterators[k] for k in method.data_needs(method_cfg)},
-            workdir=workdir, steps=int(method_cfg.steps), mesh=mesh,
-            checkpoint_every=int(cfg.train.checkpoint_every), log_every=int(cfg.train.log_every),
-            config_dict=json.loads(cfg.to_json_best_effort()),
-            hook=hook, hook_every=int(cfg.train.cs_every) if hook else 0)
+        phase=phase,
+        state=state,
+        update_fn=update,
+        iterators={k: iterators[k] for k in method.data_needs(method_cfg)},
+        workdir=workdir,
+        steps=int(method_cfg.steps),
+        mesh=mesh,
+        checkpoint_every=int(cfg.train.checkpoint_every),
+        log_every=int(cfg.train.log_every),
+        config_dict=json.loads(cfg.to_json_best_effort()),
+        hook=hook,
+        hook_every=int(cfg.train.cs_every) if hook else 0,
+    )
     return jax.device_get(_variables_of(state)), jax.device_get(state.head)
 
 
@@ -191,9 +254,18 @@ def _cache_key(cfg, split, *extra) -> str:
     model = cfg.model.to_dict()
     if model.get("init"):
         model["init"] = str(pathlib.Path(model["init"]).expanduser().resolve())
-    blob = json.dumps({"model": model, "data": cfg.data.to_dict(),
-                       "pretrain": cfg.pretrain.to_dict(), "head": cfg.head.to_dict(),
-                       "split": split.to_json(), "extra": extra}, sort_keys=True, default=str)
+    blob = json.dumps(
+        {
+            "model": model,
+            "data": cfg.data.to_dict(),
+            "pretrain": cfg.pretrain.to_dict(),
+            "head": cfg.head.to_dict(),
+            "split": split.to_json(),
+            "extra": extra,
+        },
+        sort_keys=True,
+        default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -204,6 +276,7 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh)
     model, data, split and settings, so the demo trains its base model once.
     """
     from jaxforget import checkpoint  # pylint: disable=import-outside-toplevel
+
     path = (cache_root(cfg, workdir) / "base_models" / _cache_key(cfg, split)).resolve()
     if checkpoint.is_variables_checkpoint(path):
         stored, meta = checkpoint.load_variables(path)
@@ -211,26 +284,55 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh)
         head = stored.pop("head")
         return stored, head
     p = cfg.pretrain
-    method_cfg = ml_collections.ConfigDict(dict(
-            name="finetune", steps=int(p.steps), lr=float(p.lr), optimizer=p.optimizer,
-            momentum=float(p.momentum), weight_decay=float(p.weight_decay), schedule=p.schedule,
-            warmup_steps=int(p.warmup_steps), batch_size=int(p.batch_size),
-            retain_batch_size=int(p.batch_size)))
+    method_cfg = ml_collections.ConfigDict(
+        dict(
+            name="finetune",
+            steps=int(p.steps),
+            lr=float(p.lr),
+            optimizer=p.optimizer,
+            momentum=float(p.momentum),
+            weight_decay=float(p.weight_decay),
+            schedule=p.schedule,
+            warmup_steps=int(p.warmup_steps),
+            batch_size=int(p.batch_size),
+            retain_batch_size=int(p.batch_size),
+        )
+    )
     train_idx = np.concatenate([split.forget_train(), split.retain_train()])
-    it = _train_iterator(source, train_idx, split, int(p.batch_size), int(p.images_per_identity),
-                                              int(cfg.seed) + 7, "pretrain")
+    it = _train_iterator(
+        source,
+        train_idx,
+        split,
+        int(p.batch_size),
+        int(p.images_per_identity),
+        int(cfg.seed) + 7,
+        "pretrain",
+    )
     rng = np.random.default_rng(int(cfg.seed))
     head = rng.standard_normal((split.num_classes, bundle.embedding_size)).astype(np.float32)
     head /= np.linalg.norm(head, axis=1, keepdims=True)
-    _log(f"[pretrain] CosFace fine-tuning of the base model: {p.steps} steps on "
-              f"{len(train_idx)} images of {split.num_classes} identities")
-    variables, head = run_phase(phase="pretrain", method_name="finetune", method_cfg=method_cfg,
-                                                            cfg=cfg, bundle=bundle, variables=variables, head=head,
-                                                            iterators={"retain": it}, workdir=workdir,
-                                                            num_classes=split.num_classes, mesh=mesh)
-    checkpoint.save_variables(path, {**variables, "head": np.asarray(head)},
-                                                        {"model": bundle.config(), "head": cfg.head.to_dict(),
-                                                          "classes": split.num_classes})
+    _log(
+        f"[pretrain] CosFace fine-tuning of the base model: {p.steps} steps on "
+        f"{len(train_idx)} images of {split.num_classes} identities"
+    )
+    variables, head = run_phase(
+        phase="pretrain",
+        method_name="finetune",
+        method_cfg=method_cfg,
+        cfg=cfg,
+        bundle=bundle,
+        variables=variables,
+        head=head,
+        iterators={"retain": it},
+        workdir=workdir,
+        num_classes=split.num_classes,
+        mesh=mesh,
+    )
+    checkpoint.save_variables(
+        path,
+        {**variables, "head": np.asarray(head)},
+        {"model": bundle.config(), "head": cfg.head.to_dict(), "classes": split.num_classes},
+    )
     _log(f"[pretrain] base model cached in {path}")
     return variables, head
 
@@ -257,14 +359,19 @@ def embed_sets(cfg, bundle, variables, source, split, names, distractors, workdi
     """Embeds every named set (cached as ``embeddings/<state>_<name>.npz``)."""
     from jaxforget.data import pipeline  # pylint: disable=import-outside-toplevel
     import jaxforget.eval as embed_lib  # pylint: disable=import-outside-toplevel
+
     out = {}
     for name in names:
         if name == "retain_all":  # every image of the retain identities (train and test)
             out[name] = embed_lib.Embeddings.concatenate([out["retain_train"], out["retain_test"]])
             continue
         if state == "original":  # shared by every method run on the same base model and split
-            path = (cache_root(cfg, workdir) / "embeddings"
-                    / _cache_key(cfg, split, bool(cfg.eval.flip)) / f"{name}.npz")
+            path = (
+                cache_root(cfg, workdir)
+                / "embeddings"
+                / _cache_key(cfg, split, bool(cfg.eval.flip))
+                / f"{name}.npz"
+            )
         else:
             path = workdir / "embeddings" / f"{state}_{name}.npz"
         if path.exists():
@@ -275,11 +382,17 @@ def embed_sets(cfg, bundle, variables, source, split, names, distractors, workdi
             batches = pipeline.eval_dataset(src, batch_size=int(cfg.eval.batch_size), labels=labels)
         else:
             idx = getattr(split, name)()
-            batches = pipeline.eval_dataset(source, idx, batch_size=int(cfg.eval.batch_size),
-                                                                            label_map=split.class_index)
-        out[name] = embed_lib.embed_model(bundle, variables, batches, flip=bool(cfg.eval.flip),
-                                                                            progress=f"[{state}] embed {name}",
-                                                                            total=batches.num_images)
+            batches = pipeline.eval_dataset(
+                source, idx, batch_size=int(cfg.eval.batch_size), label_map=split.class_index
+            )
+        out[name] = embed_lib.embed_model(
+            bundle,
+            variables,
+            batches,
+            flip=bool(cfg.eval.flip),
+            progress=f"[{state}] embed {name}",
+            total=batches.num_images,
+        )
         tmp = path.with_name(path.stem + ".partial.npz")  # an interruption leaves no torn file
         out[name].save(tmp)
         os.replace(tmp, path)
@@ -288,19 +401,23 @@ def embed_sets(cfg, bundle, variables, source, split, names, distractors, workdi
 
 def evaluate(cfg, sets) -> dict[str, dict[str, Any]]:
     from jaxforget.eval import protocols  # pylint: disable=import-outside-toplevel
+
     return protocols.run_protocols(tuple(cfg.evals), sets, seed=int(cfg.seed))
 
 
 def _needed_sets(cfg) -> tuple[str, ...]:
     from jaxforget.eval import protocols  # pylint: disable=import-outside-toplevel
+
     try:
         need = protocols.required_sets(tuple(cfg.evals))
     except KeyError as e:
         raise UserError(f"config field evals: {e.args[0]}") from e
     unsupported = sorted(need - set(CORE_SETS) - {"distractors", "retain_all"})
     if unsupported:
-        raise UserError(f"evals={tuple(cfg.evals)} need the sets {unsupported}, which this runner "
-                                        "does not build; use forget_base, forget_extended and retain_search.")
+        raise UserError(
+            f"evals={tuple(cfg.evals)} need the sets {unsupported}, which this runner "
+            "does not build; use forget_base, forget_extended and retain_search."
+        )
     extra = tuple(n for n in ("distractors", "retain_all") if n in need)
     return tuple(CORE_SETS) + extra
 
@@ -312,6 +429,7 @@ def _needed_sets(cfg) -> tuple[str, ...]:
 
 def validate(cfg) -> None:
     from jaxforget import methods  # pylint: disable=import-outside-toplevel
+
     try:
         methods.get_method(cfg.method.name)
     except (KeyError, ValueError) as e:
@@ -321,9 +439,11 @@ def validate(cfg) -> None:
     except ValueError as e:
         raise UserError(str(e)) from e
     if cfg.model.init and not os.path.exists(os.path.expanduser(cfg.model.init)):
-        raise UserError(f"model.init={cfg.model.init!r} does not exist: give a checkpoint converted"
-                                        " by tools/convert_insightface.py, an InsightFace .pth or a MobileFaceNet"
-                                        " .ckpt (or leave it empty for random weights / config.pretrain).")
+        raise UserError(
+            f"model.init={cfg.model.init!r} does not exist: give a checkpoint converted"
+            " by tools/convert_insightface.py, an InsightFace .pth or a MobileFaceNet"
+            " .ckpt (or leave it empty for random weights / config.pretrain)."
+        )
     if cfg.data.name != "synthetic":
         _require_path(cfg.data.root, "data.root", cfg.data.name)
     if cfg.data.distractors and not os.path.isdir(cfg.data.distractors):
@@ -341,12 +461,15 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None
     validate(cfg)
     workdir = pathlib.Path(workdir or default_workdir(cfg)).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
-    _log(f"jaxforget: method={cfg.method.name} model={cfg.model.name} data={cfg.data.name}; "
-              f"writing to {workdir}")
+    _log(
+        f"jaxforget: method={cfg.method.name} model={cfg.model.name} data={cfg.data.name}; "
+        f"writing to {workdir}"
+    )
     seeds = tuple(int(s) for s in cfg.seeds)
     if not seeds:
         return run_one(cfg, workdir)
     from jaxforget.eval import report  # pylint: disable=import-outside-toplevel
+
     runs = []
     for s in seeds:
         c = copy.deepcopy(cfg)
@@ -367,6 +490,7 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     from jaxforget import checkpoint  # pylint: disable=import-outside-toplevel
     from jaxforget.eval import report  # pylint: disable=import-outside-toplevel
     from jaxforget.models import registry  # pylint: disable=import-outside-toplevel
+
     t_start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
     (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
@@ -382,70 +506,110 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     names = _needed_sets(cfg)
     if "distractors" in names:
         from jaxforget.data import sources  # pylint: disable=import-outside-toplevel
-        distractors = sources.FolderSource(cfg.data.distractors, tuple(bundle.input_size),
-                                                                              unlabelled=True)
+
+        distractors = sources.FolderSource(
+            cfg.data.distractors, tuple(bundle.input_size), unlabelled=True
+        )
 
     head = None
     if int(cfg.pretrain.steps) > 0:
         variables, head = pretrain(cfg, bundle, variables, source, split, workdir, mesh)
 
-    sets0 = embed_sets(cfg, bundle, variables, source, split, names, distractors, workdir,
-                                          "original")
+    sets0 = embed_sets(
+        cfg, bundle, variables, source, split, names, distractors, workdir, "original"
+    )
     if head is None:
-        head = imprint_head([sets0["forget_train"], sets0["retain_train"]], split.num_classes,
-                                                bundle.embedding_size)
+        head = imprint_head(
+            [sets0["forget_train"], sets0["retain_train"]], split.num_classes, bundle.embedding_size
+        )
     results = {"original": evaluate(cfg, sets0)}
 
     # Unlearning.
     m = cfg.method
     k = int(m.images_per_identity)
     iterators = {
-            "forget": _train_iterator(source, split.forget_train(), split, int(m.batch_size), k,
-                                                                int(cfg.seed), "method"),
-            "retain": _train_iterator(source, split.retain_train(), split,
-                                                                int(m.get("retain_batch_size", m.batch_size)), k,
-                                                                int(cfg.seed) + 1, "method"),
+        "forget": _train_iterator(
+            source, split.forget_train(), split, int(m.batch_size), k, int(cfg.seed), "method"
+        ),
+        "retain": _train_iterator(
+            source,
+            split.retain_train(),
+            split,
+            int(m.get("retain_batch_size", m.batch_size)),
+            k,
+            int(cfg.seed) + 1,
+            "method",
+        ),
     }
 
     def saliency_batches():
-        it = _train_iterator(source, split.forget_train(), split, int(m.batch_size), k,
-                                                  int(cfg.seed) + 2, "method")
+        it = _train_iterator(
+            source, split.forget_train(), split, int(m.batch_size), k, int(cfg.seed) + 2, "method"
+        )
         return [next(it) for _ in range(int(m.salun_batches))]
 
     forget_test_images = _all_images(source, split.forget_test())
     forget_test_labels = split.labels(np.asarray(source.identities)[split.forget_test()])
     cs_fn = _make_cs_hook(bundle, forget_test_images, forget_test_labels)
-    variables1, _ = run_phase(phase="unlearn", method_name=m.name, method_cfg=m, cfg=cfg,
-                                                        bundle=bundle, variables=variables, head=head, iterators=iterators,
-                                                        workdir=workdir, num_classes=split.num_classes, mesh=mesh,
-                                                        saliency_batches=saliency_batches,
-                                                        hook=lambda step, state: cs_fn(_variables_of(state)))
+    variables1, _ = run_phase(
+        phase="unlearn",
+        method_name=m.name,
+        method_cfg=m,
+        cfg=cfg,
+        bundle=bundle,
+        variables=variables,
+        head=head,
+        iterators=iterators,
+        workdir=workdir,
+        num_classes=split.num_classes,
+        mesh=mesh,
+        saliency_batches=saliency_batches,
+        hook=lambda step, state: cs_fn(_variables_of(state)),
+    )
 
-    sets1 = embed_sets(cfg, bundle, variables1, source, split, names, distractors, workdir,
-                                          "unlearned")
+    sets1 = embed_sets(
+        cfg, bundle, variables1, source, split, names, distractors, workdir, "unlearned"
+    )
     results["unlearned"] = evaluate(cfg, sets1)
-    meta = {"method": m.name, "seed": int(cfg.seed), "model": cfg.model.name,
-                    "data": cfg.data.name, "steps": int(m.steps),
-                    "forget_identities": [str(i) for i in split.forget_ids],
-                    "wall_time_s": round(time.perf_counter() - t_start, 1)}
+    meta = {
+        "method": m.name,
+        "seed": int(cfg.seed),
+        "model": cfg.model.name,
+        "data": cfg.data.name,
+        "steps": int(m.steps),
+        "forget_identities": [str(i) for i in split.forget_ids],
+        "wall_time_s": round(time.perf_counter() - t_start, 1),
+    }
     json_path, md_path = report.write_results(workdir, results, meta)
 
     if cfg.eval.tsne:
         from jaxforget.eval import plots  # pylint: disable=import-outside-toplevel
+
         forget_labels = sorted({int(v) for v in sets0["forget_test"].labels})
         before = _concat(sets0["forget_test"], sets0["retain_test"])
         after = _concat(sets1["forget_test"], sets1["retain_test"])
-        plots.tsne_before_after(before, after, forget_labels, workdir / "tsne.png",
-                                                        num_retain_ids=int(cfg.eval.tsne_identities), seed=int(cfg.seed),
-                                                        title=f"{m.name}: forget vs retain identities",
-                                                        perplexity=min(30.0, max(5.0, (len(before) - 1) / 4)))
+        plots.tsne_before_after(
+            before,
+            after,
+            forget_labels,
+            workdir / "tsne.png",
+            num_retain_ids=int(cfg.eval.tsne_identities),
+            seed=int(cfg.seed),
+            title=f"{m.name}: forget vs retain identities",
+            perplexity=min(30.0, max(5.0, (len(before) - 1) / 4)),
+        )
     out_dir = workdir / "unlearned_model"
-    checkpoint.save_variables(out_dir, variables1, {"model": bundle.config(), "method": m.name,
-                                                                                                      "forgotten": meta["forget_identities"]})
+    checkpoint.save_variables(
+        out_dir,
+        variables1,
+        {"model": bundle.config(), "method": m.name, "forgotten": meta["forget_identities"]},
+    )
     if cfg.export_torch:
         from jaxforget import convert  # pylint: disable=import-outside-toplevel
-        sd = convert.flax_to_torch(variables1, bundle.fixed_parameters(),
-                                                              registry.module_order(bundle))
+
+        sd = convert.flax_to_torch(
+            variables1, bundle.fixed_parameters(), registry.module_order(bundle)
+        )
         convert.save_torch_state_dict(sd, workdir / "unlearned_backbone.pth")
     print(md_path.read_text())
     _log(f"wrote {json_path}, {md_path}, {out_dir} in {meta['wall_time_s']:.0f}s")
@@ -455,6 +619,7 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
 
 def _concat(a, b):
     from jaxforget.eval.embed import Embeddings  # pylint: disable=import-outside-toplevel
+
     return Embeddings.concatenate([a, b])
 
 
@@ -462,12 +627,23 @@ def _make_cs_hook(bundle, images: np.ndarray, labels: np.ndarray):
     """Forget-test compactness (CS) of the model being trained, for the metrics log."""
     import jaxforget.eval as embed_lib  # pylint: disable=import-outside-toplevel
     from jaxforget.eval import metrics  # pylint: disable=import-outside-toplevel
-    fn = jax.jit(embed_lib.make_embed_fn(functools.partial(bundle.module.apply, train=False),
-                                                                              bundle.pixel_mean, bundle.pixel_std, flip=False))
+
+    fn = jax.jit(
+        embed_lib.make_embed_fn(
+            functools.partial(bundle.module.apply, train=False),
+            bundle.pixel_mean,
+            bundle.pixel_std,
+            flip=False,
+        )
+    )
 
     def hook(variables) -> dict[str, float]:
-        z = np.concatenate([np.asarray(fn(variables, jnp.asarray(images[i:i + 256])))
-                                                for i in range(0, len(images), 256)])
+        z = np.concatenate(
+            [
+                np.asarray(fn(variables, jnp.asarray(images[i : i + 256])))
+                for i in range(0, len(images), 256)
+            ]
+        )
         return {"forget_cs": float(metrics.compactness_score(z, labels)["CS"])}
 
     return hook

@@ -12,11 +12,18 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file(
-        "config", None, "Experiment config file, e.g. configs/hard_disp.py (add ':demo' for the"
-        " embedded synthetic default).", lock_config=True)
+    "config",
+    None,
+    "Experiment config file, e.g. configs/hard_disp.py (add ':demo' for the"
+    " embedded synthetic default).",
+    lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string(
-        "workdir", None, "Where checkpoints, metrics and results go (default: runs/<method>[_demo]);"
-        " re-running on the same workdir resumes.")
+    "workdir",
+    None,
+    "Where checkpoints, metrics and results go (default: runs/<method>[_demo]);"
+    " re-running on the same workdir resumes.",
+)
 
 
 def _main(argv) -> None:
@@ -25,6 +32,7 @@ def _main(argv) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from jaxforget import experiment  # pylint: disable=import-outside-toplevel
+
     try:
         experiment.run(_CONFIG.value, _WORKDIR.value)
     except experiment.UserError as e:

@@ -19,7 +19,8 @@ DATA_AXIS = "data"
 def make_mesh(devices=None) -> jax.sharding.Mesh:
     devices = list(jax.devices() if devices is None else devices)
     return jax.make_mesh(
-            (len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+        (len(devices),), (DATA_AXIS,), axis_types=(jax.sharding.AxisType.Auto,), devices=devices
+    )
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -34,8 +35,9 @@ def check_divisible(batch_size: int, mesh: jax.sharding.Mesh, what: str) -> None
     n = mesh.devices.size
     if batch_size % n:
         raise ValueError(
-                f"{what}={batch_size} is not divisible by the {n} devices of the data-parallel mesh; "
-                f"set it to a multiple of {n}.")
+            f"{what}={batch_size} is not divisible by the {n} devices of the data-parallel mesh; "
+            f"set it to a multiple of {n}."
+        )
 
 
 def shard_batch(batch, mesh: jax.sharding.Mesh):
@@ -43,15 +45,17 @@ def shard_batch(batch, mesh: jax.sharding.Mesh):
     sharding = batch_sharded(mesh)
     # On one host this is a plain device_put; on several, each host passes its own slice.
     return jax.tree.map(
-            lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch)
+        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
+    )
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
     return jax.device_put(tree, replicated(mesh))
 
 
-def maybe_initialize_distributed(coordinator_address: str = "", num_processes: int = 0,
-                                                                  process_id: int = -1) -> None:
+def maybe_initialize_distributed(
+    coordinator_address: str = "", num_processes: int = 0, process_id: int = -1
+) -> None:
     """Multi-host start-up: `jax.distributed.initialize` when a coordinator is configured.
 
     On Cloud TPU and SLURM clusters JAX finds the settings itself when `coordinator_address` is
@@ -63,5 +67,8 @@ def maybe_initialize_distributed(coordinator_address: str = "", num_processes: i
     if coordinator_address == "auto":
         jax.distributed.initialize()
     else:
-        jax.distributed.initialize(coordinator_address=coordinator_address,
-                                                              num_processes=num_processes, process_id=process_id)
+        jax.distributed.initialize(
+            coordinator_address=coordinator_address,
+            num_processes=num_processes,
+            process_id=process_id,
+        )

@@ -24,7 +24,6 @@ from typing import Any, Callable, Mapping
 
 import grain
 import jax
-import numpy as np
 import orbax.checkpoint as ocp
 
 from jaxforget import sharding as shd
@@ -45,6 +44,7 @@ class MetricWriter:
         if tensorboard:
             try:
                 from tensorboardX import SummaryWriter  # pylint: disable=import-outside-toplevel
+
                 self._tb = SummaryWriter(str(workdir / "tensorboard" / phase))
             except ImportError:
                 self._tb = None
@@ -63,15 +63,20 @@ class MetricWriter:
             self._tb.close()
 
 
-def _progress(phase: str, step: int, total: int, metrics: Mapping[str, float], t0: float,
-                            start_step: int) -> None:
+def _progress(
+    phase: str, step: int, total: int, metrics: Mapping[str, float], t0: float, start_step: int
+) -> None:
     done = step - start_step
     elapsed = time.perf_counter() - t0
     eta = elapsed / max(done, 1) * (total - step)
-    shown = " ".join(f"{k}={v:.4g}" for k, v in metrics.items()
-                                      if k in ("loss", "grad_norm", "lr", "forget_cs"))
-    print(f"[{phase}] step {step}/{total} {shown} ({elapsed:.0f}s, eta {eta:.0f}s)",
-                file=sys.stderr, flush=True)
+    shown = " ".join(
+        f"{k}={v:.4g}" for k, v in metrics.items() if k in ("loss", "grad_norm", "lr", "forget_cs")
+    )
+    print(
+        f"[{phase}] step {step}/{total} {shown} ({elapsed:.0f}s, eta {eta:.0f}s)",
+        file=sys.stderr,
+        flush=True,
+    )
 
 
 def _is_finite(x: float) -> bool:
@@ -79,20 +84,20 @@ def _is_finite(x: float) -> bool:
 
 
 def train_loop(
-        *,
-        phase: str,
-        state: Any,
-        update_fn: Callable[[Any, Any], tuple[Any, Mapping[str, jax.Array]]],
-        iterators: Mapping[str, Any],
-        workdir: str | pathlib.Path,
-        steps: int,
-        mesh: jax.sharding.Mesh,
-        checkpoint_every: int = 100,
-        log_every: int = 10,
-        config_dict: Mapping[str, Any] | None = None,
-        hook: Callable[[int, Any], Mapping[str, float]] | None = None,
-        hook_every: int = 0,
-        stop_after: int | None = None,
+    *,
+    phase: str,
+    state: Any,
+    update_fn: Callable[[Any, Any], tuple[Any, Mapping[str, jax.Array]]],
+    iterators: Mapping[str, Any],
+    workdir: str | pathlib.Path,
+    steps: int,
+    mesh: jax.sharding.Mesh,
+    checkpoint_every: int = 100,
+    log_every: int = 10,
+    config_dict: Mapping[str, Any] | None = None,
+    hook: Callable[[int, Any], Mapping[str, float]] | None = None,
+    hook_every: int = 0,
+    stop_after: int | None = None,
 ) -> Any:
     """Runs ``steps`` updates of ``update_fn`` (already jitted, state donated) and returns the state.
 
@@ -106,9 +111,9 @@ def train_loop(
     ckpt_dir = workdir / "checkpoints" / phase
     iter_names = tuple(f"iter_{k}" for k in iterators)
     manager = ocp.CheckpointManager(
-            ckpt_dir,
-            options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
-            item_names=("state", "config", *iter_names),
+        ckpt_dir,
+        options=ocp.CheckpointManagerOptions(max_to_keep=2, create=True),
+        item_names=("state", "config", *iter_names),
     )
     start = 0
     latest = manager.latest_step()
@@ -119,12 +124,17 @@ def train_loop(
         restored = manager.restore(latest, args=ocp.args.Composite(**restore_args))
         state = restored["state"]
         start = int(latest)
-        print(f"[{phase}] resuming from the checkpoint at step {start} in {ckpt_dir}",
-                    file=sys.stderr, flush=True)
+        print(
+            f"[{phase}] resuming from the checkpoint at step {start} in {ckpt_dir}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def save(step: int) -> None:
-        args = {"state": ocp.args.StandardSave(state),
-                        "config": ocp.args.JsonSave(dict(config_dict or {}))}
+        args = {
+            "state": ocp.args.StandardSave(state),
+            "config": ocp.args.JsonSave(dict(config_dict or {})),
+        }
         for key, it in iterators.items():
             args[f"iter_{key}"] = grain.checkpoint.CheckpointSave(it)
         manager.save(step, args=ocp.args.Composite(**args))
@@ -144,9 +154,10 @@ def train_loop(
             bad = [k for k in ("loss", "grad_norm") if k in metrics and not _is_finite(metrics[k])]
             if bad:
                 raise NonFiniteError(
-                        f"[{phase}] step {step + 1}: non-finite {', '.join(f'{k}={metrics[k]}' for k in bad)}."
-                        f" Training stopped; the last good checkpoint (step {manager.latest_step()}) is kept"
-                        f" in {ckpt_dir}. Lower method.lr or set method.clip_norm, then re-run to resume.")
+                    f"[{phase}] step {step + 1}: non-finite {', '.join(f'{k}={metrics[k]}' for k in bad)}."
+                    f" Training stopped; the last good checkpoint (step {manager.latest_step()}) is kept"
+                    f" in {ckpt_dir}. Lower method.lr or set method.clip_norm, then re-run to resume."
+                )
             metrics["step_time_s"] = t_end - t_step
             metrics["data_wait_s"] = t_step - t_data
             if hook is not None and hook_every and (step + 1) % hook_every == 0:
@@ -169,5 +180,3 @@ def latest_checkpoint_step(workdir: str | pathlib.Path, phase: str) -> int | Non
         return None
     steps = [int(p.name) for p in path.iterdir() if p.name.isdigit()]
     return max(steps) if steps else None
-
-

@@ -29,8 +29,10 @@ PAPER_METHODS = ("rl", "ga", "bs", "lipschitz", "contrastive", "disp", "hard_dis
 def load_config(method: str, arg: str):
     path = ROOT / "configs" / f"{method}.py"
     if not path.exists():
-        raise SystemExit(f"no config file {path}; methods with configs: "
-                         f"{sorted(p.stem for p in (ROOT / 'configs').glob('*.py'))}")
+        raise SystemExit(
+            f"no config file {path}; methods with configs: "
+            f"{sorted(p.stem for p in (ROOT / 'configs').glob('*.py'))}"
+        )
     spec = importlib.util.spec_from_file_location(f"config_{method}", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -53,8 +55,11 @@ def apply_overrides(cfg, overrides: list[str]) -> None:
             node = node[p]
         if leaf not in node:
             raise SystemExit(f"--set {item!r}: the config has no field {key!r}")
-        node[leaf] = type(node[leaf])(value) if isinstance(node[leaf], (int, float)) and not \
-            isinstance(node[leaf], bool) else value
+        node[leaf] = (
+            type(node[leaf])(value)
+            if isinstance(node[leaf], (int, float)) and not isinstance(node[leaf], bool)
+            else value
+        )
 
 
 def main(argv=None) -> int:
@@ -63,8 +68,13 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(PAPER_METHODS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--workdir", type=pathlib.Path, required=True)
-    ap.add_argument("--set", action="append", default=[], dest="overrides",
-                    help="field=value applied to every run (repeatable)")
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        dest="overrides",
+        help="field=value applied to every run (repeatable)",
+    )
     args = ap.parse_args(argv)
 
     from jaxforget import experiment  # pylint: disable=import-outside-toplevel
@@ -93,8 +103,11 @@ def main(argv=None) -> int:
             except experiment.UserError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
-            print(f"[table] {method} seed {seed}: {time.perf_counter() - t0:.0f}s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"[table] {method} seed {seed}: {time.perf_counter() - t0:.0f}s",
+                file=sys.stderr,
+                flush=True,
+            )
             runs.append(res)
     agg = report.aggregate(runs)
     md = report.aggregate_markdown(agg)
