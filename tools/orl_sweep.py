@@ -1,0 +1,216 @@
+"""Real-face check of hard dispersion: the CASIA MobileFaceNet forgets 5 ORL identities.
+
+The set-up (shared with ``tests/test_realface.py``, which imports this file):
+
+* model: the real MobileFaceNet (``../shared/weights/mobilefacenet_casia/068.ckpt``, converted on
+  the fly by :func:`jaxforget.models.load_pretrained`; 112x96 inputs, 128-d embeddings);
+* data: ORL faces (``../shared/data/orl_faces``, 40 identities x 10 greyscale images, resized whole
+  to 112x96 by :class:`jaxforget.data.sources.FolderSource`);
+* split: :func:`jaxforget.data.splits.make_split` draws ``num_forget`` forget identities with a
+  seed; each has a train half (5 images, the unlearning data) and a test half (5 images, the
+  queries); the other identities are the retain set;
+* unlearning: ``hard_disp`` on P x K batches of the forget train images
+  (:func:`jaxforget.data.pipeline.train_dataset`, flips on device), jitted
+  :func:`jaxforget.methods.make_update_step`;
+* evaluation (single view, no flip-averaging, to keep CPU time down):
+
+  - forget: ``forget_base`` on the forget test images (each query searches the other forget test
+    images: mAP, R@1) and their leave-one-out Cluster Compactness ``CS``;
+  - retain: leave-one-out retrieval over **every** image of the retain identities (35 x 10 = 350
+    queries, each against the other 349 images; the same self-search as ``forget_base``), plus
+    its ``CS``. Every retain image is unseen by the unlearning, so train/test halves do not matter
+    there, and 350 queries measure the change more finely than a query/gallery half split.
+
+Run as a script to sweep hyper-parameters and print a table (one training run per row; metrics are
+taken at each step count of ``--eval_at``)::
+
+    python tools/orl_sweep.py --lrs 0.01,0.05 --bn_modes frozen,train --eval_at 10,20,30
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import os
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import jax
+import numpy as np
+
+from jaxforget import methods
+from jaxforget.data import pipeline, sources, splits
+from jaxforget.eval import embed_model, protocols
+from jaxforget.eval.embed import Embeddings
+from jaxforget.models import registry
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+WEIGHTS = ("weights", "mobilefacenet_casia", "068.ckpt")
+ORL = ("data", "orl_faces")
+
+
+@dataclasses.dataclass
+class OrlSetup:
+    """Everything a run needs: the model, ORL, the split and its record index sets."""
+
+    bundle: registry.ModelBundle
+    variables: dict[str, Any]
+    source: sources.FolderSource
+    split: splits.Split
+    forget_train: np.ndarray   # record indices of the forget identities' train images
+    forget_test: np.ndarray    # record indices of their test images
+    retain_all: np.ndarray     # record indices of every image of the retain identities
+
+
+def load_setup(weights: str | os.PathLike, orl_root: str | os.PathLike, *, num_forget: int = 5,
+               seed: int = 0) -> OrlSetup:
+    """Loads the MobileFaceNet checkpoint and ORL, and draws the seeded forget / retain split."""
+    bundle, variables = registry.load_pretrained(dict(
+        name="mobilefacenet", input_size=(112, 96), embedding_size=128, init=str(weights)))
+    source = sources.FolderSource(orl_root, bundle.input_size)
+    split = splits.make_split(source.identities, num_forget=num_forget, min_images=10,
+                              train_fraction=0.5, seed=seed, image_ids=source.image_ids)
+    retain_all = np.sort(np.concatenate([split.retain_train(), split.retain_test()]))
+    return OrlSetup(bundle, variables, source, split, split.forget_train(), split.forget_test(),
+                    retain_all)
+
+
+def embed_records(setup: OrlSetup, variables: Mapping[str, Any], indices: np.ndarray,
+                  batch_size: int = 64) -> Embeddings:
+    """L2-normalised single-view embeddings of the given records (labels = split classes)."""
+    batches = pipeline.eval_dataset(setup.source, indices, batch_size=batch_size,
+                                    label_map=setup.split.class_index)
+    return embed_model(setup.bundle, variables, batches, flip=False, progress=False,
+                       devices=jax.local_devices()[:1])
+
+
+def evaluate(setup: OrlSetup, variables: Mapping[str, Any], *, retain: bool = True
+             ) -> dict[str, dict[str, float]]:
+    """``{'forget': {mAP, R@1, CS}, 'retain': {mAP, R@1, CS}}`` (see the module docstring).
+
+    One embedding pass covers both sets; ``retain=False`` embeds and scores the forget test images
+    only (25 images instead of 375).
+    """
+    nf = len(setup.forget_test)
+    idx = np.concatenate([setup.forget_test, setup.retain_all]) if retain else setup.forget_test
+    emb = embed_records(setup, variables, idx)
+    if not np.array_equal(emb.image_ids, idx):  # the eval pipeline keeps order; make sure
+        raise RuntimeError("embed_records returned the records in another order than requested")
+    keys = ("mAP", "R@1", "CS")
+    out = {"forget": protocols.forget_base(emb.subset(np.arange(nf)))}
+    if retain:
+        out["retain"] = protocols.forget_base(emb.subset(np.arange(nf, len(idx))))
+    return {part: {k: float(m[k]) for k in keys} for part, m in out.items()}
+
+
+def method_config(*, lr: float, bn_mode: str, steps: int, margin: float = 0.0,
+                  augmented_views: bool = False, optimizer: str = "sgd", momentum: float = 0.9,
+                  weight_decay: float = 5e-4) -> dict[str, Any]:
+    """``config.method`` fields of the hard-dispersion run (everything else: method defaults)."""
+    return dict(name="hard_disp", lr=lr, bn_mode=bn_mode, steps=steps, margin=margin,
+                augmented_views=augmented_views, optimizer=optimizer, momentum=momentum,
+                weight_decay=weight_decay, schedule="constant", flip=True)
+
+
+def unlearn(setup: OrlSetup, method_cfg: Mapping[str, Any], *, identities_per_batch: int = 5,
+            images_per_identity: int = 4, seed: int = 0,
+            callback: Callable[[int, dict[str, Any], dict[str, float]], None] | None = None,
+            callback_at: Iterable[int] = ()) -> tuple[dict[str, Any], list[dict[str, float]]]:
+    """Runs ``method_cfg['steps']`` hard-dispersion steps on the forget train images.
+
+    Returns the unlearned variables and the per-step training metrics. ``callback(step,
+    variables, metrics)`` is called after each step listed in ``callback_at``.
+    """
+    method = methods.get_method(method_cfg["name"])
+    ctx = methods.Context(apply_fn=setup.bundle.module.apply, pixel_mean=setup.bundle.pixel_mean,
+                          pixel_std=setup.bundle.pixel_std, num_classes=setup.split.num_classes)
+    state = methods.init_state(method, method_cfg, setup.variables, None, jax.random.PRNGKey(seed))
+    update = jax.jit(methods.make_update_step(method, method_cfg, ctx), donate_argnums=0)
+    batches = iter(pipeline.train_dataset(
+        setup.source, setup.forget_train, identities_per_batch=identities_per_batch,
+        images_per_identity=images_per_identity, seed=seed, label_map=setup.split.class_index,
+        flip=False))  # the update step flips on device
+    at = set(int(s) for s in callback_at)
+    log = []
+    for step in range(1, int(method_cfg["steps"]) + 1):
+        b = next(batches)
+        state, m = update(state, {"forget": {"image": b["image"], "label": b["label"]}})
+        m = {k: float(v) for k, v in jax.device_get(m).items()}
+        if not np.isfinite(m["loss"]):
+            raise FloatingPointError(f"step {step}: non-finite loss {m['loss']} ({m})")
+        log.append(m)
+        if callback is not None and step in at:
+            callback(step, _variables(state), m)
+    return _variables(state), log
+
+
+def _variables(state: methods.TrainState) -> dict[str, Any]:
+    v = {"params": state.params}
+    if state.batch_stats is not None:
+        v["batch_stats"] = state.batch_stats
+    return v
+
+
+def format_row(cells: Iterable[Any], widths: Iterable[int]) -> str:
+    return " | ".join(str(c).rjust(w) for c, w in zip(cells, widths))
+
+
+HEADER = ("bn_mode", "lr", "margin", "K", "views", "step", "loss", "F mAP", "F R@1", "F CS", "R mAP",
+          "R R@1", "R CS", "dR mAP", "s/step")
+WIDTHS = (7, 6, 6, 2, 5, 4, 7, 6, 6, 6, 6, 6, 6, 7, 6)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shared", default=str(SHARED), help="the project's shared folder")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lrs", default="0.01,0.05")
+    p.add_argument("--bn_modes", default="frozen,train")
+    p.add_argument("--margins", default="0.0")
+    p.add_argument("--images_per_identity", default="4", help="K values (P = 5 identities)")
+    p.add_argument("--views", default="0", help="augmented_views values (0 / 1)")
+    p.add_argument("--eval_at", default="10,20,30", help="step counts to evaluate at")
+    args = p.parse_args(argv)
+    shared = pathlib.Path(args.shared)
+    setup = load_setup(shared.joinpath(*WEIGHTS), shared.joinpath(*ORL), seed=args.seed)
+    eval_at = sorted(int(s) for s in args.eval_at.split(","))
+    print(f"forget identities {setup.split.forget_ids}: {len(setup.forget_train)} train / "
+          f"{len(setup.forget_test)} test images; {len(setup.retain_all)} retain images",
+          flush=True)
+    t = time.perf_counter()
+    base = evaluate(setup, setup.variables)
+    print(f"original ({time.perf_counter() - t:.1f}s): {base}", flush=True)
+    print(format_row(HEADER, WIDTHS))
+    print(format_row(["-" * w for w in WIDTHS], WIDTHS), flush=True)
+    grid = itertools.product(args.bn_modes.split(","), [float(v) for v in args.lrs.split(",")],
+                             [float(v) for v in args.margins.split(",")],
+                             [int(v) for v in args.images_per_identity.split(",")],
+                             [bool(int(v)) for v in args.views.split(",")])
+    for bn_mode, lr, margin, k, views in grid:
+        cfg = method_config(lr=lr, bn_mode=bn_mode, steps=eval_at[-1], margin=margin,
+                            augmented_views=views)
+        clock = {"t": time.perf_counter(), "step": 0}
+
+        def report(step, variables, m, bn_mode=bn_mode, lr=lr, margin=margin, k=k, views=views,
+                   clock=clock):
+            per_step = (time.perf_counter() - clock["t"]) / (step - clock["step"])
+            r = evaluate(setup, variables)
+            f, rt = r["forget"], r["retain"]
+            print(format_row([bn_mode, lr, margin, k, int(views), step, f"{m['loss']:.3f}", f"{f['mAP']:.3f}",
+                              f"{f['R@1']:.3f}", f"{f['CS']:.3f}", f"{rt['mAP']:.3f}",
+                              f"{rt['R@1']:.3f}", f"{rt['CS']:.3f}",
+                              f"{rt['mAP'] - base['retain']['mAP']:+.3f}", f"{per_step:.2f}"],
+                             WIDTHS), flush=True)
+            clock["t"], clock["step"] = time.perf_counter(), step
+
+        unlearn(setup, cfg, images_per_identity=k, seed=args.seed, callback=report,
+                callback_at=eval_at)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
