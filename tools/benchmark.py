@@ -87,6 +87,7 @@ class Spec:
     threads: int = 1
     xla_flags: str = DEFAULT_XLA_FLAGS
     torch_memory_format: str = "channels_last"
+    omp_wait_policy: str = "passive"  # OMP_WAIT_POLICY of torch's OpenMP pool ('' = library default)
     donate: bool = True
     matmul_size: int = 2048
     retrieval_gallery: int = 20000
@@ -115,11 +116,13 @@ def setup_threads(spec: Spec) -> None:
     os.sched_setaffinity(0, cpus[: spec.threads])
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(spec.threads)
+    if spec.omp_wait_policy:
+        os.environ["OMP_WAIT_POLICY"] = spec.omp_wait_policy.upper()
     # A test harness may ask for several fake CPU devices; the benchmark uses one device.
     inherited = re.sub(r"--xla_force_host_platform_device_count=\S+", "", os.environ.get("XLA_FLAGS", ""))
     os.environ["XLA_FLAGS"] = " ".join((inherited + " " + spec.xla_flags).split())
-    if "jax" in sys.modules:
-        raise RuntimeError("setup_threads must run before jax is imported")
+    if "jax" in sys.modules or "torch" in sys.modules:
+        raise RuntimeError("setup_threads must run before jax and torch are imported")
 
 
 def _status_mb(field: str) -> float:
@@ -346,6 +349,14 @@ def torch_images(spec: Spec, images_np):
     return x if spec.torch_memory_format == "channels_last" else x.contiguous()
 
 
+def import_torch(spec: Spec):
+    """``torch`` with its intra-op pool set to ``spec.threads`` (imported only where it is measured)."""
+    import torch
+
+    torch.set_num_threads(spec.threads)
+    return torch
+
+
 def _autocast(device: str, bf16: bool):
     import torch
 
@@ -362,8 +373,8 @@ def measure_ceiling(spec: Spec) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
     import numpy as np
-    import torch
 
+    torch = import_torch(spec)
     n = spec.matmul_size
     flops = 2.0 * n**3
     reps = 3
@@ -481,7 +492,7 @@ def _measure_pipeline(spec: Spec, compiled, state, compute_s: float) -> dict[str
 
 def measure_torch_step(spec: Spec, dtype: str) -> dict[str, Any]:
     """Images/s of a PyTorch eager step of the same model, loss and optimiser (from the same weights)."""
-    import torch
+    torch = import_torch(spec)
 
     images, labels = make_batch(spec)
     mem = MemoryProbe()
@@ -542,7 +553,7 @@ def measure_jax_embed(spec: Spec, dtype: str) -> dict[str, Any]:
 
 def measure_torch_embed(spec: Spec, dtype: str) -> dict[str, Any]:
     """Images/s of the PyTorch model in eval mode under ``torch.inference_mode``."""
-    import torch
+    torch = import_torch(spec)
     import torch.nn.functional as F
 
     images = make_batch(dataclasses.replace(spec, batch=spec.embed_batch))[0]
@@ -655,9 +666,6 @@ def worker_main(name: str, spec_json: str) -> None:
     setup_threads(spec)
     if name not in MEASUREMENTS:
         raise SystemExit(f"--worker {name!r} is not a measurement; choose one of {sorted(MEASUREMENTS)}")
-    import torch
-
-    torch.set_num_threads(spec.threads)
     print("RESULT " + json.dumps(MEASUREMENTS[name](spec)), flush=True)
 
 
@@ -770,6 +778,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="cores for each framework (default: all this process may use)")
     p.add_argument("--xla-flags", default=DEFAULT_XLA_FLAGS, help="extra XLA_FLAGS for the jax workers")
     p.add_argument("--torch-memory-format", choices=("channels_last", "contiguous"), default="channels_last")
+    p.add_argument("--omp-wait-policy", choices=("", "active", "passive"), default="passive",
+                   help="OMP_WAIT_POLICY of torch's OpenMP threads ('' = the library's spinning default; "
+                        "passive was 2.3x faster for torch on a shared, loaded CPU: docs/PERFORMANCE.md)")
     p.add_argument("--no-donate", action="store_true", help="jit the step without donating the state")
     p.add_argument("--only", default="", help="comma-separated measurements to run (tuning; no table)")
     p.add_argument("--isolation", choices=("process", "none"), default=None,
@@ -785,7 +796,7 @@ def spec_from_args(a: argparse.Namespace) -> Spec:
     spec = Spec(model=a.model, batch=a.batch, ids_per_batch=a.ids_per_batch, image_size=a.image_size,
                 width_mult=a.width_mult, steps=a.steps, warmup=a.warmup, embed_batch=a.batch, threads=a.threads,
                 xla_flags=a.xla_flags, torch_memory_format=a.torch_memory_format, donate=not a.no_donate,
-                pipeline_steps=a.pipeline_steps)
+                pipeline_steps=a.pipeline_steps, omp_wait_policy=a.omp_wait_policy)
     if a.quick:
         # LLVM optimisation off: compiling is most of a tiny run; its numbers are not performance figures.
         spec = dataclasses.replace(spec, xla_flags=(a.xla_flags + " --xla_backend_optimization_level=0").strip(),
@@ -815,9 +826,6 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--only: unknown measurement(s) {unknown}; choose from {sorted(MEASUREMENTS)}")
     if isolation == "none":
         setup_threads(spec)
-        import torch
-
-        torch.set_num_threads(spec.threads)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     raw: dict[str, dict[str, Any]] = {}
