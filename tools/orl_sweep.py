@@ -109,12 +109,14 @@ def evaluate(setup: OrlSetup, variables: Mapping[str, Any], *, retain: bool = Tr
 
 
 def method_config(*, lr: float, bn_mode: str, steps: int, margin: float = 0.0,
-                  augmented_views: bool = False, optimizer: str = "sgd", momentum: float = 0.9,
-                  weight_decay: float = 5e-4) -> dict[str, Any]:
+                  augmented_views: bool = False, salun_fraction: float = 0.0,
+                  optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4
+                  ) -> dict[str, Any]:
     """``config.method`` fields of the hard-dispersion run (everything else: method defaults)."""
     return dict(name="hard_disp", lr=lr, bn_mode=bn_mode, steps=steps, margin=margin,
-                augmented_views=augmented_views, optimizer=optimizer, momentum=momentum,
-                weight_decay=weight_decay, schedule="constant", flip=True)
+                augmented_views=augmented_views, salun_fraction=salun_fraction,
+                optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
+                schedule="constant", flip=True)
 
 
 def unlearn(setup: OrlSetup, method_cfg: Mapping[str, Any], *, identities_per_batch: int = 5,
@@ -129,12 +131,24 @@ def unlearn(setup: OrlSetup, method_cfg: Mapping[str, Any], *, identities_per_ba
     method = methods.get_method(method_cfg["name"])
     ctx = methods.Context(apply_fn=setup.bundle.module.apply, pixel_mean=setup.bundle.pixel_mean,
                           pixel_std=setup.bundle.pixel_std, num_classes=setup.split.num_classes)
-    state = methods.init_state(method, method_cfg, setup.variables, None, jax.random.PRNGKey(seed))
+    rng = jax.random.PRNGKey(seed)
+    state = methods.init_state(method, method_cfg, setup.variables, None, rng)
+
+    def forget_batches(s):
+        return iter(pipeline.train_dataset(
+            setup.source, setup.forget_train, identities_per_batch=identities_per_batch,
+            images_per_identity=images_per_identity, seed=s, label_map=setup.split.class_index,
+            flip=False))  # the update step flips on device
+
+    if float(method_cfg.get("salun_fraction", 0.0)) > 0:
+        it = forget_batches(seed + 2)
+        mask = methods.compute_saliency_mask(
+            method, ctx, state, [next(it) for _ in range(2)], float(method_cfg["salun_fraction"]),
+            loss="hard_dispersion", method_cfg=method_cfg)
+        state = methods.init_state(method, method_cfg, setup.variables, None, rng,
+                                   saliency_mask=mask)
     update = jax.jit(methods.make_update_step(method, method_cfg, ctx), donate_argnums=0)
-    batches = iter(pipeline.train_dataset(
-        setup.source, setup.forget_train, identities_per_batch=identities_per_batch,
-        images_per_identity=images_per_identity, seed=seed, label_map=setup.split.class_index,
-        flip=False))  # the update step flips on device
+    batches = forget_batches(seed)
     at = set(int(s) for s in callback_at)
     log = []
     for step in range(1, int(method_cfg["steps"]) + 1):
@@ -160,9 +174,9 @@ def format_row(cells: Iterable[Any], widths: Iterable[int]) -> str:
     return " | ".join(str(c).rjust(w) for c, w in zip(cells, widths))
 
 
-HEADER = ("bn_mode", "lr", "margin", "K", "views", "step", "loss", "F mAP", "F R@1", "F CS", "R mAP",
+HEADER = ("bn_mode", "lr", "margin", "K", "views", "salun", "step", "loss", "F mAP", "F R@1", "F CS", "R mAP",
           "R R@1", "R CS", "dR mAP", "s/step")
-WIDTHS = (7, 6, 6, 2, 5, 4, 7, 6, 6, 6, 6, 6, 6, 7, 6)
+WIDTHS = (7, 6, 6, 2, 5, 5, 4, 7, 6, 6, 6, 6, 6, 6, 7, 6)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -174,6 +188,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--margins", default="0.0")
     p.add_argument("--images_per_identity", default="4", help="K values (P = 5 identities)")
     p.add_argument("--views", default="0", help="augmented_views values (0 / 1)")
+    p.add_argument("--salun", default="0", help="salun_fraction values (0: off)")
     p.add_argument("--eval_at", default="10,20,30", help="step counts to evaluate at")
     args = p.parse_args(argv)
     shared = pathlib.Path(args.shared)
@@ -190,18 +205,19 @@ def main(argv: list[str] | None = None) -> None:
     grid = itertools.product(args.bn_modes.split(","), [float(v) for v in args.lrs.split(",")],
                              [float(v) for v in args.margins.split(",")],
                              [int(v) for v in args.images_per_identity.split(",")],
-                             [bool(int(v)) for v in args.views.split(",")])
-    for bn_mode, lr, margin, k, views in grid:
+                             [bool(int(v)) for v in args.views.split(",")],
+                             [float(v) for v in args.salun.split(",")])
+    for bn_mode, lr, margin, k, views, salun in grid:
         cfg = method_config(lr=lr, bn_mode=bn_mode, steps=eval_at[-1], margin=margin,
-                            augmented_views=views)
+                            augmented_views=views, salun_fraction=salun)
         clock = {"t": time.perf_counter(), "step": 0}
 
         def report(step, variables, m, bn_mode=bn_mode, lr=lr, margin=margin, k=k, views=views,
-                   clock=clock):
+                   salun=salun, clock=clock):
             per_step = (time.perf_counter() - clock["t"]) / (step - clock["step"])
             r = evaluate(setup, variables)
             f, rt = r["forget"], r["retain"]
-            print(format_row([bn_mode, lr, margin, k, int(views), step, f"{m['loss']:.3f}", f"{f['mAP']:.3f}",
+            print(format_row([bn_mode, lr, margin, k, int(views), salun, step, f"{m['loss']:.3f}", f"{f['mAP']:.3f}",
                               f"{f['R@1']:.3f}", f"{f['CS']:.3f}", f"{rt['mAP']:.3f}",
                               f"{rt['R@1']:.3f}", f"{rt['CS']:.3f}",
                               f"{rt['mAP'] - base['retain']['mAP']:+.3f}", f"{per_step:.2f}"],
