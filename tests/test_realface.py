@@ -8,8 +8,8 @@ P x K = 5 x 4 batches of the forget train images; then
 * the forget test images' leave-one-out compactness CS falls below 0.2;
 * their ``forget_base`` mAP (each test image queries the other 24 forget test images) at least
   halves;
-* the retain identities' mAP -- leave-one-out retrieval over all 35 x 10 = 350 retain images -- moves
-  by at most 0.03.
+* the retain identities' mAP -- leave-one-out retrieval over all 35 x 10 = 350 retain images --
+  moves by at most 0.03.
 
 Set-up, metrics and the hyper-parameter sweep live in ``tools/orl_sweep.py`` (shared with this
 test); the values below were chosen from its table. Embeddings are single-view (no flip averaging)
@@ -75,7 +75,8 @@ def test_hard_dispersion_forgets_five_orl_identities_and_keeps_the_rest(shared):
     after = sweep.evaluate(setup, variables)
 
     print(f"\nforget identities {setup.split.forget_ids}; hard_disp {STEPS} steps, lr {LR}, "
-          f"margin {MARGIN}, bn_mode {BN_MODE}, batch {IDENTITIES_PER_BATCH}x{IMAGES_PER_IDENTITY}; "
+          f"margin {MARGIN}, bn_mode {BN_MODE}, "
+          f"batch {IDENTITIES_PER_BATCH}x{IMAGES_PER_IDENTITY}; "
           f"loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; {time.perf_counter() - t0:.0f}s")
     print(f"{'':8} {'set':7} {'mAP':>6} {'R@1':>6} {'CS':>6}")
     for name, res in (("before", before), ("after", after)):

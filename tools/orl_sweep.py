@@ -22,9 +22,16 @@ The set-up (shared with ``tests/test_realface.py``, which imports this file):
     there, and 350 queries measure the change more finely than a query/gallery half split.
 
 Run as a script to sweep hyper-parameters and print a table (one training run per row; metrics are
-taken at each step count of ``--eval_at``)::
+taken at each step count of ``--eval_at``; ``s/step`` of a row's first segment includes the
+compilation)::
 
-    python tools/orl_sweep.py --lrs 0.01,0.05 --bn_modes frozen,train --eval_at 10,20,30
+    python tools/orl_sweep.py --lrs 0.02,0.05 --bn_modes frozen,train --margins 0,-0.3 \
+        --views 0 --salun 0,0.5 --eval_at 10,20
+
+``--views 1`` turns on ``augmented_views`` (dispersion across two augmented views per image) and
+``--salun F`` the SalUn mask (top fraction F of weights by the hard-dispersion gradient over two
+forget batches). The measured table and the values chosen for the test are in the commit that
+added ``tests/test_realface.py``.
 """
 
 from __future__ import annotations
@@ -174,7 +181,8 @@ def format_row(cells: Iterable[Any], widths: Iterable[int]) -> str:
     return " | ".join(str(c).rjust(w) for c, w in zip(cells, widths))
 
 
-HEADER = ("bn_mode", "lr", "margin", "K", "views", "salun", "step", "loss", "F mAP", "F R@1", "F CS", "R mAP",
+HEADER = ("bn_mode", "lr", "margin", "K", "views", "salun", "step", "loss", "F mAP", "F R@1", "F CS",
+          "R mAP",
           "R R@1", "R CS", "dR mAP", "s/step")
 WIDTHS = (7, 6, 6, 2, 5, 5, 4, 7, 6, 6, 6, 6, 6, 6, 7, 6)
 
@@ -217,7 +225,8 @@ def main(argv: list[str] | None = None) -> None:
             per_step = (time.perf_counter() - clock["t"]) / (step - clock["step"])
             r = evaluate(setup, variables)
             f, rt = r["forget"], r["retain"]
-            print(format_row([bn_mode, lr, margin, k, int(views), salun, step, f"{m['loss']:.3f}", f"{f['mAP']:.3f}",
+            print(format_row([bn_mode, lr, margin, k, int(views), salun, step, f"{m['loss']:.3f}",
+                              f"{f['mAP']:.3f}",
                               f"{f['R@1']:.3f}", f"{f['CS']:.3f}", f"{rt['mAP']:.3f}",
                               f"{rt['R@1']:.3f}", f"{rt['CS']:.3f}",
                               f"{rt['mAP'] - base['retain']['mAP']:+.3f}", f"{per_step:.2f}"],
