@@ -181,7 +181,8 @@ def format_row(cells: Iterable[Any], widths: Iterable[int]) -> str:
     return " | ".join(str(c).rjust(w) for c, w in zip(cells, widths))
 
 
-HEADER = ("bn_mode", "lr", "margin", "K", "views", "salun", "step", "loss", "F mAP", "F R@1", "F CS",
+HEADER = ("bn_mode", "lr", "margin", "K", "views", "salun", "step", "loss", "F mAP", "F R@1",
+          "F CS",
           "R mAP",
           "R R@1", "R CS", "dR mAP", "s/step")
 WIDTHS = (7, 6, 6, 2, 5, 5, 4, 7, 6, 6, 6, 6, 6, 6, 7, 6)
