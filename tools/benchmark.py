@@ -35,9 +35,14 @@ measured in the same run as its reference:
 Threads: both frameworks get the same ``--threads`` cores (default: all the process may use).
 Each measurement runs in its own worker process (``--isolation process``, default) pinned to
 those cores with ``sched_setaffinity`` -- XLA's CPU thread pool sizes itself from the affinity
-mask -- with ``torch.set_num_threads`` and ``OMP_NUM_THREADS`` set to the same count. Separate
+mask -- with ``torch.set_num_threads`` and ``OMP_NUM_THREADS`` set to the same count, and PyTorch's
+OpenMP threads sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``, ``--omp-wait-policy``: 2-4x
+faster for PyTorch on a loaded, shared CPU; docs/PERFORMANCE.md). Separate
 processes keep one framework's spinning thread pool from slowing the other and make the peak
 memory of each measurement its own. ``--quick`` runs everything in one process to stay fast.
+
+``--only conv_parts`` times one convolution's forward, input gradient and weight gradient in both
+frameworks (where the step's time goes).
 
 Timing: ``--warmup`` untimed steps (the first also compiles), then ``--steps`` timed steps; the
 table reports the median step, the JSON every step time. Ratios are jaxforget / PyTorch
@@ -403,7 +408,6 @@ def _cost_flops(compiled) -> float:
 def measure_jax_step(spec: Spec, dtype: str, pipeline: bool = False) -> dict[str, Any]:
     """Images/s of the jitted, donated hard-dispersion update step; FLOPs from XLA cost analysis."""
     import jax
-    import numpy as np
 
     from jaxforget.methods import Context, get_method, init_state, make_update_step
 
@@ -631,6 +635,58 @@ def measure_retrieval(spec: Spec) -> dict[str, Any]:
     return out
 
 
+def measure_conv_parts(spec: Spec) -> dict[str, Any]:
+    """GFLOP/s of one 3x3 convolution's forward, input gradient and weight gradient, jax vs torch.
+
+    The layer is IResNet-50's stage-3 body (256 channels at 14x14 for 112x112 inputs, scaled by
+    ``spec``), batch ``spec.batch``; it locates where the training step's time goes.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    torch = import_torch(spec)
+    import torch.nn.functional as F
+
+    from jaxforget.models.iresnet import scaled_width
+
+    b, h, c = spec.batch, spec.image_size // 8, scaled_width(256, spec.width_mult)
+    rng = np.random.default_rng(spec.seed)
+    x = rng.standard_normal((b, h, h, c), dtype=np.float32)
+    w = rng.standard_normal((3, 3, c, c), dtype=np.float32) * 0.05
+    dy = rng.standard_normal((b, h, h, c), dtype=np.float32)
+    flops = 2.0 * b * h * h * c * c * 9
+
+    def conv(x, w):
+        return jax.lax.conv_general_dilated(x, w, (1, 1), ((1, 1), (1, 1)), dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+    jx, jw, jdy = map(jnp.asarray, (x, w, dy))
+    jax_fns = {
+        "forward": (jax.jit(conv), (jx, jw)),
+        "input_grad": (jax.jit(lambda w, dy: jax.vjp(lambda x: conv(x, w), jx)[1](dy)[0]), (jw, jdy)),
+        "weight_grad": (jax.jit(lambda x, dy: jax.vjp(lambda w: conv(x, w), jw)[1](dy)[0]), (jx, jdy)),
+    }
+    tx = torch.from_numpy(x).permute(0, 3, 1, 2)  # channels_last views
+    tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous(memory_format=torch.channels_last)
+    tdy = torch.from_numpy(dy).permute(0, 3, 1, 2)
+    torch_fns = {
+        "forward": lambda: F.conv2d(tx, tw, padding=1),
+        "input_grad": lambda: torch.nn.grad.conv2d_input(tx.shape, tw, tdy, padding=1),
+        "weight_grad": lambda: torch.nn.grad.conv2d_weight(tx, tw.shape, tdy, padding=1),
+    }
+    out: dict[str, Any] = {"shape": [b, h, h, c], "gflop": flops / 1e9}
+    for part, (f, args) in jax_fns.items():
+        times, _ = _timed(lambda: f(*args).block_until_ready(), 1, max(3, spec.steps))
+        out[f"jax_{part}_gflops"] = flops / statistics.median(times) / 1e9
+    for part, f in torch_fns.items():
+        times, _ = _timed(f, 1, max(3, spec.steps))
+        out[f"torch_{part}_gflops"] = flops / statistics.median(times) / 1e9
+    return out
+
+
+#: Run only when named in ``--only`` (diagnostics, not part of the report).
+EXTRA_MEASUREMENTS: dict[str, Callable[[Spec], dict[str, Any]]] = {"conv_parts": measure_conv_parts}
+
 MEASUREMENTS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "ceiling": measure_ceiling,
     "jax_step_fp32": lambda s: measure_jax_step(s, "float32", pipeline=True),
@@ -664,9 +720,10 @@ def run_worker(name: str, spec: Spec) -> dict[str, Any]:
 def worker_main(name: str, spec_json: str) -> None:
     spec = Spec(**json.loads(spec_json))
     setup_threads(spec)
-    if name not in MEASUREMENTS:
-        raise SystemExit(f"--worker {name!r} is not a measurement; choose one of {sorted(MEASUREMENTS)}")
-    print("RESULT " + json.dumps(MEASUREMENTS[name](spec)), flush=True)
+    known = {**MEASUREMENTS, **EXTRA_MEASUREMENTS}
+    if name not in known:
+        raise SystemExit(f"--worker {name!r} is not a measurement; choose one of {sorted(known)}")
+    print("RESULT " + json.dumps(known[name](spec)), flush=True)
 
 
 def summarise(spec: Spec, raw: dict[str, dict[str, Any]], wall_s: float) -> dict[str, Any]:
@@ -782,7 +839,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="OMP_WAIT_POLICY of torch's OpenMP threads ('' = the library's spinning default; "
                         "passive was 2.3x faster for torch on a shared, loaded CPU: docs/PERFORMANCE.md)")
     p.add_argument("--no-donate", action="store_true", help="jit the step without donating the state")
-    p.add_argument("--only", default="", help="comma-separated measurements to run (tuning; no table)")
+    p.add_argument("--only", default="", help="comma-separated measurements to run (tuning; prints raw JSON, "
+                   "no table); also 'conv_parts': one conv's forward / input-grad / weight-grad GFLOP/s")
     p.add_argument("--isolation", choices=("process", "none"), default=None,
                    help="one worker process per measurement (default) or all in this process (--quick default)")
     p.add_argument("--quick", action="store_true", help="tiny sizes for a CI smoke run (seconds)")
@@ -803,6 +861,14 @@ def spec_from_args(a: argparse.Namespace) -> Spec:
                                    model="iresnet18", stage_blocks=[1, 1, 1, 1], batch=8, ids_per_batch=2, image_size=32, width_mult=0.125,
                                    embedding_size=32, steps=2, warmup=1, embed_batch=8, matmul_size=256,
                                    retrieval_gallery=500, retrieval_dim=32, pipeline_steps=2)
+    from jaxforget.models.registry import canonical_name
+
+    try:
+        name = canonical_name(spec.model)
+    except ValueError as e:
+        raise SystemExit(f"--model: {e}") from None
+    if not name.startswith("iresnet"):
+        raise SystemExit(f"--model {spec.model!r}: the PyTorch reference is an IResNet; use iresnet18|34|50|100|200")
     if spec.image_size % 16 or spec.image_size <= 0:
         raise SystemExit(f"--image-size {spec.image_size} must be a positive multiple of 16")
     if spec.batch % spec.ids_per_batch or spec.batch // spec.ids_per_batch < 2:
@@ -821,9 +887,10 @@ def main(argv: list[str] | None = None) -> int:
     spec = spec_from_args(a)
     isolation = a.isolation or ("none" if a.quick else "process")
     names = [n for n in a.only.split(",") if n] or list(MEASUREMENTS)
-    unknown = sorted(set(names) - set(MEASUREMENTS))
+    known = {**MEASUREMENTS, **EXTRA_MEASUREMENTS}
+    unknown = sorted(set(names) - set(known))
     if unknown:
-        raise SystemExit(f"--only: unknown measurement(s) {unknown}; choose from {sorted(MEASUREMENTS)}")
+        raise SystemExit(f"--only: unknown measurement(s) {unknown}; choose from {sorted(known)}")
     if isolation == "none":
         setup_threads(spec)
     load_before = os.getloadavg()
@@ -832,7 +899,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         print(f"[benchmark] {name} ...", file=sys.stderr, flush=True)
         t = time.perf_counter()
-        raw[name] = MEASUREMENTS[name](spec) if isolation == "none" else run_worker(name, spec)
+        raw[name] = known[name](spec) if isolation == "none" else run_worker(name, spec)
         print(f"[benchmark] {name} done in {time.perf_counter() - t:.1f} s", file=sys.stderr, flush=True)
     wall = time.perf_counter() - t0
     if a.only:
