@@ -861,14 +861,6 @@ def spec_from_args(a: argparse.Namespace) -> Spec:
                                    model="iresnet18", stage_blocks=[1, 1, 1, 1], batch=8, ids_per_batch=2, image_size=32, width_mult=0.125,
                                    embedding_size=32, steps=2, warmup=1, embed_batch=8, matmul_size=256,
                                    retrieval_gallery=500, retrieval_dim=32, pipeline_steps=2)
-    from jaxforget.models.registry import canonical_name
-
-    try:
-        name = canonical_name(spec.model)
-    except ValueError as e:
-        raise SystemExit(f"--model: {e}") from None
-    if not name.startswith("iresnet"):
-        raise SystemExit(f"--model {spec.model!r}: the PyTorch reference is an IResNet; use iresnet18|34|50|100|200")
     if spec.image_size % 16 or spec.image_size <= 0:
         raise SystemExit(f"--image-size {spec.image_size} must be a positive multiple of 16")
     if spec.batch % spec.ids_per_batch or spec.batch // spec.ids_per_batch < 2:
@@ -877,6 +869,18 @@ def spec_from_args(a: argparse.Namespace) -> Spec:
     if spec.steps < 1 or spec.warmup < 1:
         raise SystemExit("--steps and --warmup must be >= 1 (the first step compiles and is never timed)")
     return spec
+
+
+def check_model(spec: Spec) -> None:
+    """The model must be an IResNet (the PyTorch reference's architecture); imports jaxforget."""
+    from jaxforget.models.registry import canonical_name
+
+    try:
+        name = canonical_name(spec.model)
+    except ValueError as e:
+        raise SystemExit(f"--model: {e}") from None
+    if not name.startswith("iresnet"):
+        raise SystemExit(f"--model {spec.model!r}: the PyTorch reference is an IResNet; use iresnet18|34|50|100|200")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -892,7 +896,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"--only: unknown measurement(s) {unknown}; choose from {sorted(known)}")
     if isolation == "none":
-        setup_threads(spec)
+        setup_threads(spec)  # before jax / torch are imported
+    check_model(spec)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
     raw: dict[str, dict[str, Any]] = {}
