@@ -31,6 +31,8 @@ Protocols (``PROTOCOLS``; a config lists names, e.g. ``evals=('forget_base', 're
   source when ``retain_train`` is present (other sources have their own label spaces).
 * ``cfp_fp`` / ``cfp_fp_extended``: queries = frontal images, gallery = profile images
   (plus distractors for extended); a frontal image's positives are its subject's profiles.
+* ``reid_audit``: attackers (1-NN and a linear probe) fit on forget train embeddings identify
+  forget test images (:mod:`jaxforget.eval.audit`): ``knn_acc``, ``probe_acc``, ``chance``.
 * ``verification[:name]``: 10-fold accuracy and TAR@FAR on a :class:`PairSet` (all pair sets when
   no name is given; results are keyed ``verification/<name>``).
 
@@ -233,6 +235,13 @@ def _run_verification(sets: EvalSets, arg: str | None, opts: Mapping[str, Any]) 
     return {f"verification/{n}": verification(_need(sets, n, "verification", PairSet)) for n in names}
 
 
+def _run_reid_audit(sets: EvalSets, arg: str | None, opts: Mapping[str, Any]) -> dict[str, Metrics]:
+    from jaxforget.eval.audit import reid_audit  # pylint: disable=import-outside-toplevel
+
+    return {"reid_audit": reid_audit(_need(sets, "forget_train", "reid_audit"),
+                                     _need(sets, "forget_test", "reid_audit"))}
+
+
 PROTOCOLS: dict[str, Callable[[EvalSets, str | None, Mapping[str, Any]], dict[str, Metrics]]] = {
     "forget_base": _run_forget_base,
     "forget_extended": _run_forget_extended,
@@ -240,6 +249,7 @@ PROTOCOLS: dict[str, Callable[[EvalSets, str | None, Mapping[str, Any]], dict[st
     "cfp_fp": _run_cfp(False),
     "cfp_fp_extended": _run_cfp(True),
     "verification": _run_verification,
+    "reid_audit": _run_reid_audit,
 }
 
 RETRIEVAL_OPTS = ("ks", "max_block_bytes", "gallery_chunk")
@@ -252,7 +262,7 @@ def required_sets(names: Iterable[str]) -> set[str]:
         name, _, arg = full.partition(":")
         if name not in PROTOCOLS:
             raise KeyError(f"unknown protocol {name!r}; known: {sorted(PROTOCOLS)}")
-        if name in ("forget_base", "forget_extended"):
+        if name in ("forget_base", "forget_extended", "reid_audit"):
             need |= {"forget_test", "forget_train"}
         if name == "forget_extended":
             need.add(arg or "distractors")

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 STATES = ("original", "unlearned")
-PERCENT_KEYS = ("mAP", "R@1", "R@5", "R@10", "acc", "acc_std", "mAP@K")
+PERCENT_KEYS = ("mAP", "R@1", "R@5", "R@10", "acc", "acc_std", "mAP@K", "knn_acc", "probe_acc", "chance")
+AUDIT_COLS = ("knn_acc", "probe_acc", "chance")
 RETRIEVAL_COLS = ("mAP", "R@1")
 IDENTITY_COLS = ("acc", "CS")
 
@@ -82,6 +83,11 @@ def _protocol_columns(states: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> 
     return retr, ident, ver
 
 
+def _audit_columns(states: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> list[str]:
+    """Protocols reporting re-identification attack accuracies (``reid_audit``)."""
+    return sorted({p for per in states.values() for p, m in per.items() if "knn_acc" in m})
+
+
 def _row_label(state: str, meta: Mapping[str, Any]) -> str:
     if state == "original":
         return "Original"
@@ -109,6 +115,11 @@ def results_markdown(results: Mapping[str, Any]) -> str:
         header = ["Model"] + [f"{p} {c}" for p in ver for c in cols]
         rows = [[_row_label(s, meta)] + [fmt(c, states[s].get(p, {}).get(c)) for p in ver for c in cols] for s in states]
         parts += ["## Verification (%)", "", _table(header, rows), ""]
+    audit = _audit_columns(states)
+    if audit:
+        header = ["Model"] + [f"{p} {c}" for p in audit for c in AUDIT_COLS]
+        rows = [[_row_label(s, meta)] + [fmt(c, states[s].get(p, {}).get(c)) for p in audit for c in AUDIT_COLS] for s in states]
+        parts += ["## Re-identification audit (attack accuracy on forget test images, %)", "", _table(header, rows), ""]
     if retr:
         header = ["Model", "protocol", "R@5", "R@10", "queries", "skipped"]
         rows = [
@@ -218,4 +229,7 @@ def aggregate_markdown(agg: Mapping[str, Mapping[str, Mapping[str, Mapping[str, 
     if ver:
         tars = sorted({k for r in agg for p in ver for k in agg[r].get(p, {}) if k.startswith("TAR@")})
         table("Verification (%)", ver, ["acc"] + tars)
+    audit = _audit_columns(states)
+    if audit:
+        table("Re-identification audit (attack accuracy on forget test images, %)", audit, AUDIT_COLS)
     return "\n".join(parts)
