@@ -116,7 +116,7 @@ def base_config(method: str = "hard_disp") -> ml_collections.ConfigDict:
         )
     )
 
-    c.evals = ("forget_base", "retain_search")
+    c.evals = ("forget_base", "retain_search", "reid_audit")
     c.eval = ml_collections.ConfigDict(
         dict(batch_size=64, flip=True, tsne=True, index="exact", tsne_identities=10)
     )
