@@ -26,12 +26,10 @@ batch has positives), no retain loss. Lost in the paper's text and chosen here:
 from jaxforget import config as base
 
 LR = {"": 0.01, "demo": 0.01, "celeba": 0.05, "orl": 0.05}
-STEPS = {"": 1000, "demo": 150, "celeba": 20, "orl": 20}
 
 
 def get_config(arg: str | None = None):
     c = base.finalize(base.base_config("disp"), arg)
     key = (arg or "").strip()
     c.method.lr = LR[key]
-    c.method.steps = STEPS[key]
     return c

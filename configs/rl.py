@@ -7,18 +7,14 @@ Demo on synthetic identities, or the real MobileFaceNet on ../shared faces:
     python -m jaxforget.main --config=configs/rl.py:demo   (or :celeba, :orl)
 
 The paper's hyper-parameters for this baseline were lost. Chosen: the method's defaults
-(jaxforget.methods: lr 1e-3; SGD, momentum 0.9, weight decay 5e-4) and the same step budget as
-the dispersion methods for each setting (20 steps on the real MobileFaceNet, 150 in the demo), so
-every method sees the forget data equally often. Not swept on the real faces yet (see
+(jaxforget.methods: lr 1e-3; SGD, momentum 0.9, weight decay 5e-4) and the step budget
+shared by every method in each setting (jaxforget/config.py: 20 steps on the real MobileFaceNet,
+150 in the demo, the paper's 1,000 otherwise). Not swept on the real faces yet (see
 docs/RESULTS.md).
 """
 
 from jaxforget import config as base
 
-STEPS = {"": 1000, "demo": 150, "celeba": 20, "orl": 20}
-
 
 def get_config(arg: str | None = None):
-    c = base.finalize(base.base_config("rl"), arg)
-    c.method.steps = STEPS[(arg or "").strip()]
-    return c
+    return base.finalize(base.base_config("rl"), arg)
