@@ -26,11 +26,9 @@ batch has positives), no retain loss. Lost in the paper's text and chosen here:
 
 from jaxforget import config as base
 
-LR = {"": 0.01, "demo": 0.01, "celeba": 0.05, "orl": 0.05}
-
 
 def get_config(arg: str | None = None):
     c = base.finalize(base.base_config("hard_disp"), arg)
     key = (arg or "").strip()
-    c.method.lr = LR[key]
+    c.method.lr = base.DISPERSION_LR[key]
     return c

@@ -217,6 +217,9 @@ def orl_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
+# Learning rate of the dispersion losses per config argument (configs/hard_disp.py says why).
+DISPERSION_LR = {"": 0.01, "demo": 0.01, "celeba": 0.05, "orl": 0.05}
+
 CONFIG_ARGS = {"demo": demo_overrides, "celeba": celeba_overrides, "orl": orl_overrides}
 
 
