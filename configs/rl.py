@@ -6,11 +6,8 @@ Run:
 Demo on synthetic identities, or the real MobileFaceNet on ../shared faces:
     python -m jaxforget.main --config=configs/rl.py:demo   (or :celeba, :orl)
 
-The paper's hyper-parameters for this baseline were lost. Chosen: the method's defaults
-(jaxforget.methods: lr 1e-3; SGD, momentum 0.9, weight decay 5e-4) and the step budget
-shared by every method in each setting (jaxforget/config.py: 20 steps on the real MobileFaceNet,
-150 in the demo, the paper's 1,000 otherwise). Not swept on the real faces yet (see
-docs/RESULTS.md).
+Learning rate: the method's default (lr 1e-3); the rest as for every baseline (see
+jaxforget/config.py, 'Baselines').
 """
 
 from jaxforget import config as base

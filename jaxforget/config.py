@@ -6,6 +6,12 @@ method's config file.
 
 Run ``python -m jaxforget.main --config=configs/hard_disp.py --config.data.root=...``; any field can
 be overridden as ``--config.<path>=<value>``. Configs are locked: a misspelt field is an error.
+
+Baselines (rl, ga, bs, lipschitz, contrastive, retrain, finetune): the paper's hyper-parameters
+for them were lost. They run with their method's default learning rate (jaxforget.methods; SGD,
+momentum 0.9, weight decay 5e-4) and the step budget every method shares in a setting (20 steps
+on the real MobileFaceNet, 150 in the demo, the paper's 1,000 otherwise); not yet swept on real
+faces (docs/RESULTS.md).
 """
 
 from __future__ import annotations
