@@ -168,6 +168,34 @@ def test_mobilefacenet_shapes():
     assert out.shape == (3, 128)
 
 
+@pytest.mark.parametrize("kernel,stride,padding,size", [(3, 1, 1, (9, 7)), (3, 2, 1, (9, 8)),
+                                                        ((4, 3), 1, 0, (4, 3))])
+def test_depthwise_conv_matches_grouped_conv(kernel, stride, padding, size):
+    """The shifted-product depthwise layer is nn.Conv(feature_group_count=C): same parameter,
+    same output and gradients (the last case is MobileFaceNet's global depthwise conv)."""
+    from jaxforget.models.layers import DepthwiseConv, conv, grouped_depthwise
+
+    channels = 6
+    ours = conv(channels, kernel, stride, padding, groups=channels, dtype=jnp.float32, name="c")
+    with grouped_depthwise():
+        ref = conv(channels, kernel, stride, padding, groups=channels, dtype=jnp.float32, name="c")
+    assert isinstance(ours, DepthwiseConv) and not isinstance(ref, DepthwiseConv)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, *size, channels))
+    params = ref.init(jax.random.PRNGKey(0), x)
+    params_ours = ours.init(jax.random.PRNGKey(0), x)
+    assert jax.tree_util.tree_map(jnp.shape, params_ours) == jax.tree_util.tree_map(jnp.shape, params)
+    np.testing.assert_array_equal(params_ours["params"]["kernel"], params["params"]["kernel"])
+
+    def loss(module):
+        return lambda p, x: jnp.sum(jnp.sin(module.apply(p, x)))
+
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-5, atol=1e-5)
+    g_ours = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_registry_config_forms_and_errors():
     cfg = ml_collections.ConfigDict({"name": "iresnet100", "width_mult": 1.0, "input_size": (112, 112),
                                      "embedding_size": 512, "dtype": "float32", "dropout": 0.0, "init": ""})

@@ -9,12 +9,17 @@ same numbers:
   (0.9 in flax's convention, which weights the *old* statistic). Statistics reductions stay in
   float32 even when the layer computes in bfloat16.
 * :func:`conv` uses explicit symmetric padding (``((p, p), (p, p))``) like ``torch.nn.Conv2d``;
-  'SAME' padding differs from torch for stride 2 and must not be used.
+  'SAME' padding differs from torch for stride 2 and must not be used. Depthwise convolutions
+  (``groups == features``) become :class:`DepthwiseConv`, which keeps ``nn.Conv``'s parameter
+  (``kernel`` of shape ``(kh, kw, 1, C)``) but computes a sum of shifted products: XLA's CPU
+  backend runs grouped convolutions 5-25x slower than that (``tools/benchmark.py``'s depthwise
+  rows measure it).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import contextlib
+from typing import Any, Callable, Iterator
 
 import flax.linen as nn
 import jax
@@ -71,6 +76,69 @@ def batch_norm(train: bool, dtype: Dtype, name: str, use_scale: bool = True) -> 
     )
 
 
+class DepthwiseConv(nn.Module):
+    """Bias-free depthwise 2-D convolution (one ``kh x kw`` filter per channel), NHWC.
+
+    Same parameter as ``nn.Conv(features=C, feature_group_count=C)`` -- ``kernel`` with shape
+    ``(kh, kw, 1, C)`` -- so checkpoints and initialisation are interchangeable, and the same
+    numbers up to float summation order. The output is ``sum_{i,j} kernel[i, j] * x_shifted(i, j)``:
+    ``kh * kw`` strided slices of the padded input, each scaled per channel, which XLA fuses into
+    one elementwise loop (forward and gradient) instead of a grouped convolution.
+    """
+
+    kernel_size: tuple[int, int]
+    strides: int = 1
+    padding: int = 0
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable[..., jax.Array] = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        channels = x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, 1, channels), self.param_dtype)
+        dtype = self.dtype or x.dtype
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        p, s = self.padding, self.strides
+        if p:
+            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        n, hp, wp, _ = x.shape
+        out_h, out_w = (hp - kh) // s + 1, (wp - kw) // s + 1
+        if out_h <= 0 or out_w <= 0:
+            raise ValueError(f"DepthwiseConv: kernel {self.kernel_size} does not fit the padded input "
+                             f"{(hp, wp)}")
+        if (out_h, out_w) == (1, 1):  # global depthwise conv (MobileFaceNet's linear7)
+            return jnp.einsum("nhwc,hwc->nc", x[:, :kh, :kw], kernel[:, :, 0])[:, None, None, :]
+        out = None
+        for i in range(kh):
+            for j in range(kw):
+                tap = jax.lax.slice(x, (0, i, j, 0),
+                                    (n, i + (out_h - 1) * s + 1, j + (out_w - 1) * s + 1, channels),
+                                    (1, s, s, 1))
+                term = tap * kernel[i, j, 0]
+                out = term if out is None else out + term
+        return out
+
+
+_GROUPED_DEPTHWISE = False
+
+
+@contextlib.contextmanager
+def grouped_depthwise() -> Iterator[None]:
+    """Within this context, models traced build depthwise convolutions as grouped ``nn.Conv``.
+
+    For benchmarks and tests that compare the two implementations (same parameters); the switch is
+    read when a module is traced, so trace (and jit) inside the context.
+    """
+    global _GROUPED_DEPTHWISE
+    previous, _GROUPED_DEPTHWISE = _GROUPED_DEPTHWISE, True
+    try:
+        yield
+    finally:
+        _GROUPED_DEPTHWISE = previous
+
+
 def conv(
     features: int,
     kernel: int | tuple[int, int],
@@ -82,8 +150,14 @@ def conv(
     name: str,
     kernel_init: Callable[..., jax.Array] = nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
 ) -> nn.Conv:
-    """A bias-free 2-D convolution with torch-style explicit padding (NHWC in, NHWC out)."""
+    """A bias-free 2-D convolution with torch-style explicit padding (NHWC in, NHWC out).
+
+    ``groups == features > 1`` (depthwise) returns a :class:`DepthwiseConv`; the input must then
+    have ``features`` channels, as a grouped ``nn.Conv`` would require.
+    """
     ks = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
+    if groups > 1 and groups == features and not _GROUPED_DEPTHWISE:
+        return DepthwiseConv(ks, stride, padding, dtype=dtype, kernel_init=kernel_init, name=name)
     return nn.Conv(
         features=features,
         kernel_size=ks,
