@@ -37,6 +37,7 @@ added ``tests/test_realface.py``.
 from __future__ import annotations
 
 import argparse
+import ast
 import dataclasses
 import itertools
 import os
@@ -72,6 +73,29 @@ class OrlSetup:
     forget_train: np.ndarray   # record indices of the forget identities' train images
     forget_test: np.ndarray    # record indices of their test images
     retain_all: np.ndarray     # record indices of every image of the retain identities
+
+
+@dataclasses.dataclass
+class RetainData:
+    """Images for the retain term (distillation needs no labels that match the model's head)."""
+
+    source: Any
+    indices: np.ndarray
+    identities_per_batch: int = 8
+    images_per_identity: int = 2
+
+    def batches(self, seed: int):
+        return iter(pipeline.train_dataset(
+            self.source, self.indices, identities_per_batch=self.identities_per_batch,
+            images_per_identity=self.images_per_identity, seed=seed + 1, flip=False))
+
+
+def celeba_retain(celeba_root: str | os.PathLike, input_size: tuple[int, int], *,
+                  num_images: int = 2000) -> RetainData:
+    """Generic faces for the retain term: the first ``num_images`` images of the CelebA subset
+    (other people than ORL's, another camera and colour), aligned to ``input_size``."""
+    source = sources.CelebASource(celeba_root, input_size, limit=num_images)
+    return RetainData(source, np.arange(len(source)))
 
 
 def load_setup(weights: str | os.PathLike, orl_root: str | os.PathLike, *, num_forget: int = 5,
@@ -117,21 +141,23 @@ def evaluate(setup: OrlSetup, variables: Mapping[str, Any], *, retain: bool = Tr
 
 def method_config(*, lr: float, bn_mode: str, steps: int, margin: float = 0.0,
                   augmented_views: bool = False, salun_fraction: float = 0.0,
-                  optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4
-                  ) -> dict[str, Any]:
-    """``config.method`` fields of the hard-dispersion run (everything else: method defaults)."""
-    return dict(name="hard_disp", lr=lr, bn_mode=bn_mode, steps=steps, margin=margin,
+                  optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4,
+                  name: str = "hard_disp", **extra: Any) -> dict[str, Any]:
+    """``config.method`` fields of the run (``extra``: any other method field; everything else:
+    the method's defaults)."""
+    return dict(name=name, lr=lr, bn_mode=bn_mode, steps=steps, margin=margin,
                 augmented_views=augmented_views, salun_fraction=salun_fraction,
                 optimizer=optimizer, momentum=momentum, weight_decay=weight_decay,
-                schedule="constant", flip=True)
+                schedule="constant", flip=True, **extra)
 
 
 def unlearn(setup: OrlSetup, method_cfg: Mapping[str, Any], *, identities_per_batch: int = 5,
-            images_per_identity: int = 4, seed: int = 0,
+            images_per_identity: int = 4, seed: int = 0, retain: RetainData | None = None,
             callback: Callable[[int, dict[str, Any], dict[str, float]], None] | None = None,
             callback_at: Iterable[int] = ()) -> tuple[dict[str, Any], list[dict[str, float]]]:
     """Runs ``method_cfg['steps']`` hard-dispersion steps on the forget train images.
 
+    ``retain``: the images of the retain term, needed when ``method_cfg['retain_weight'] > 0``.
     Returns the unlearned variables and the per-step training metrics. ``callback(step,
     variables, metrics)`` is called after each step listed in ``callback_at``.
     """
@@ -156,11 +182,19 @@ def unlearn(setup: OrlSetup, method_cfg: Mapping[str, Any], *, identities_per_ba
                                    saliency_mask=mask)
     update = jax.jit(methods.make_update_step(method, method_cfg, ctx), donate_argnums=0)
     batches = forget_batches(seed)
+    needs_retain = "retain" in method.data_needs(method_cfg)
+    if needs_retain and retain is None:
+        raise ValueError("method_cfg asks for a retain term (retain_weight > 0): pass retain=")
+    retain_batches = retain.batches(seed) if needs_retain else None
     at = set(int(s) for s in callback_at)
     log = []
     for step in range(1, int(method_cfg["steps"]) + 1):
         b = next(batches)
-        state, m = update(state, {"forget": {"image": b["image"], "label": b["label"]}})
+        batch = {"forget": {"image": b["image"], "label": b["label"]}}
+        if retain_batches is not None:
+            r = next(retain_batches)
+            batch["retain"] = {"image": r["image"], "label": r["label"]}
+        state, m = update(state, batch)
         m = {k: float(v) for k, v in jax.device_get(m).items()}
         if not np.isfinite(m["loss"]):
             raise FloatingPointError(f"step {step}: non-finite loss {m['loss']} ({m})")
@@ -181,11 +215,11 @@ def format_row(cells: Iterable[Any], widths: Iterable[int]) -> str:
     return " | ".join(str(c).rjust(w) for c, w in zip(cells, widths))
 
 
-HEADER = ("bn_mode", "lr", "margin", "K", "views", "salun", "step", "loss", "F mAP", "F R@1",
+HEADER = ("bn_mode", "lr", "margin", "K", "views", "salun", "ret_w", "step", "loss", "F mAP", "F R@1",
           "F CS",
           "R mAP",
           "R R@1", "R CS", "dR mAP", "s/step")
-WIDTHS = (7, 6, 6, 2, 5, 5, 4, 7, 6, 6, 6, 6, 6, 6, 7, 6)
+WIDTHS = (7, 6, 6, 2, 5, 5, 5, 4, 7, 6, 6, 6, 6, 6, 6, 7, 6)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -199,7 +233,20 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--views", default="0", help="augmented_views values (0 / 1)")
     p.add_argument("--salun", default="0", help="salun_fraction values (0: off)")
     p.add_argument("--eval_at", default="10,20,30", help="step counts to evaluate at")
+    p.add_argument("--method", default="hard_disp", help="hard_disp | disp | hard_disp_aug | ...")
+    p.add_argument("--retain_weights", default="0",
+                   help="retain_weight values; > 0 distils to the original on CelebA-subset faces")
+    p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                   help="fixed method field for every row (Python literal), e.g. view_crop=0.15")
     args = p.parse_args(argv)
+    extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        try:
+            extra[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            extra[key] = value
+    print(f"method {args.method}, fixed fields {extra}", flush=True)
     shared = pathlib.Path(args.shared)
     setup = load_setup(shared.joinpath(*WEIGHTS), shared.joinpath(*ORL), seed=args.seed)
     eval_at = sorted(int(s) for s in args.eval_at.split(","))
@@ -209,24 +256,31 @@ def main(argv: list[str] | None = None) -> None:
     t = time.perf_counter()
     base = evaluate(setup, setup.variables)
     print(f"original ({time.perf_counter() - t:.1f}s): {base}", flush=True)
+    retain_data = None
+    if any(float(w) > 0 for w in args.retain_weights.split(",")):
+        retain_data = celeba_retain(shared / "data" / "celeba_subset", setup.bundle.input_size)
+        extra.setdefault("retain_loss", "distill")
     print(format_row(HEADER, WIDTHS))
     print(format_row(["-" * w for w in WIDTHS], WIDTHS), flush=True)
     grid = itertools.product(args.bn_modes.split(","), [float(v) for v in args.lrs.split(",")],
                              [float(v) for v in args.margins.split(",")],
                              [int(v) for v in args.images_per_identity.split(",")],
                              [bool(int(v)) for v in args.views.split(",")],
-                             [float(v) for v in args.salun.split(",")])
-    for bn_mode, lr, margin, k, views, salun in grid:
+                             [float(v) for v in args.salun.split(",")],
+                             [float(v) for v in args.retain_weights.split(",")])
+    for bn_mode, lr, margin, k, views, salun, rw in grid:
         cfg = method_config(lr=lr, bn_mode=bn_mode, steps=eval_at[-1], margin=margin,
-                            augmented_views=views, salun_fraction=salun)
+                            augmented_views=views, salun_fraction=salun, name=args.method,
+                            retain_weight=rw, **extra)
         clock = {"t": time.perf_counter(), "step": 0}
 
         def report(step, variables, m, bn_mode=bn_mode, lr=lr, margin=margin, k=k, views=views,
-                   salun=salun, clock=clock):
+                   salun=salun, rw=rw, clock=clock):
             per_step = (time.perf_counter() - clock["t"]) / (step - clock["step"])
             r = evaluate(setup, variables)
             f, rt = r["forget"], r["retain"]
-            print(format_row([bn_mode, lr, margin, k, int(views), salun, step, f"{m['loss']:.3f}",
+            print(format_row([bn_mode, lr, margin, k, int(views), salun, rw, step,
+                              f"{m['loss']:.3f}",
                               f"{f['mAP']:.3f}",
                               f"{f['R@1']:.3f}", f"{f['CS']:.3f}", f"{rt['mAP']:.3f}",
                               f"{rt['R@1']:.3f}", f"{rt['CS']:.3f}",
@@ -234,8 +288,8 @@ def main(argv: list[str] | None = None) -> None:
                              WIDTHS), flush=True)
             clock["t"], clock["step"] = time.perf_counter(), step
 
-        unlearn(setup, cfg, images_per_identity=k, seed=args.seed, callback=report,
-                callback_at=eval_at)
+        unlearn(setup, cfg, images_per_identity=k, seed=args.seed, retain=retain_data,
+                callback=report, callback_at=eval_at)
 
 
 if __name__ == "__main__":
