@@ -67,8 +67,10 @@ def base_config(method: str = "hard_disp") -> ml_collections.ConfigDict:
             # Synthetic identities (data.name='synthetic').
             num_identities=120,
             images_per_identity=12,
-            # Distractors for the extended protocols (an identity-less image folder).
+            # Distractors for the extended protocols: an identity-less image folder, or
+            # 'other_identities' (this data set's images of people outside the split).
             distractors="",
+            num_distractors=0,  # other_identities: how many to draw (0: all)
             max_images=0,  # 0: all; otherwise read only the first N records (quick tries)
         )
     )

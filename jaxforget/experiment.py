@@ -44,6 +44,7 @@ from jaxforget import train as train_lib
 
 STATES = ("original", "unlearned")
 # Sets every run embeds (head imprinting, centroid accuracy, t-SNE, forget CS during training).
+OTHER_IDENTITIES = "other_identities"  # data.distractors: the data set's people outside the split
 CORE_SETS = ("forget_train", "forget_test", "retain_train", "retain_test")
 
 
@@ -446,8 +447,37 @@ def validate(cfg) -> None:
         )
     if cfg.data.name != "synthetic":
         _require_path(cfg.data.root, "data.root", cfg.data.name)
-    if cfg.data.distractors and not os.path.isdir(cfg.data.distractors):
-        raise UserError(f"data.distractors={cfg.data.distractors!r} is not a folder of images.")
+    if (cfg.data.distractors and cfg.data.distractors != OTHER_IDENTITIES
+            and not os.path.isdir(cfg.data.distractors)):
+        raise UserError(
+            f"data.distractors={cfg.data.distractors!r} is not a folder of images; give one, or "
+            f"'{OTHER_IDENTITIES}' for the dataset's images of people outside the split."
+        )
+
+
+def build_distractors(cfg, source, split, input_size: tuple[int, int]):
+    """The distractor gallery of the extended protocols (``config.data.distractors``).
+
+    A folder of images (identity-less), or ``'other_identities'``: the dataset's own images of
+    people who are neither forget nor retain identities (e.g. CelebA identities with too few
+    images), ``data.num_distractors`` of them drawn with ``seed`` (0: all).
+    """
+    from jaxforget.data import sources  # pylint: disable=import-outside-toplevel
+
+    if cfg.data.distractors != OTHER_IDENTITIES:
+        return sources.FolderSource(cfg.data.distractors, input_size, unlabelled=True)
+    used = np.asarray(list(split.forget_ids) + list(split.retain_ids), dtype=source.identities.dtype)
+    idx = np.flatnonzero(~np.isin(source.identities, used))
+    n = int(cfg.data.num_distractors)
+    if n and n < len(idx):
+        idx = np.sort(np.random.default_rng(int(cfg.seed)).choice(idx, n, replace=False))
+    if not len(idx):
+        raise UserError(
+            "data.distractors='other_identities': every image of the data set belongs to a forget "
+            "or retain identity; lower retain.max_identities or give a folder of distractors."
+        )
+    print(f"distractors: {len(idx)} images of people outside the split")
+    return sources.SubsetSource(source, idx)
 
 
 def default_workdir(cfg) -> pathlib.Path:
@@ -505,11 +535,7 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     distractors = None
     names = _needed_sets(cfg)
     if "distractors" in names:
-        from jaxforget.data import sources  # pylint: disable=import-outside-toplevel
-
-        distractors = sources.FolderSource(
-            cfg.data.distractors, tuple(bundle.input_size), unlabelled=True
-        )
+        distractors = build_distractors(cfg, source, split, tuple(bundle.input_size))
 
     head = None
     if int(cfg.pretrain.steps) > 0:

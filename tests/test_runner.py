@@ -42,10 +42,16 @@ def tiny_config(method="hard_disp"):
 def test_one_step_end_to_end(tmp_path):
     c = tiny_config()
     c.cache_dir = str(tmp_path / "cache")
+    # The extended protocol with distractors drawn from the data set's people outside the split.
+    c.retain.max_identities = 8
+    c.data.distractors = "other_identities"
+    c.data.num_distractors = 5
+    c.evals = tuple(c.evals) + ("forget_extended",)
     out = experiment.run(c, tmp_path / "run")
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     for state in ("original", "unlearned"):
-        for proto in ("forget_base", "retain_search"):
+        assert res[state]["forget_extended"]["mAP"] <= res[state]["forget_base"]["mAP"] + 1e-9
+        for proto in ("forget_base", "retain_search", "forget_extended"):
             m = res[state][proto]
             assert 0.0 <= m["mAP"] <= 1.0 and 0.0 <= m["R@1"] <= 1.0
             assert m["num_queries"] > 0
@@ -58,6 +64,21 @@ def test_one_step_end_to_end(tmp_path):
     # The base model was cached and is reused by a second experiment.
     assert len(list((tmp_path / "cache" / "base_models").iterdir())) == 1
     assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 1
+
+
+def test_other_identity_distractors_are_outside_the_split():
+    c = tiny_config()
+    c.data.distractors, c.data.num_distractors = "other_identities", 7
+    source = synthetic.SyntheticFaces(16, 6, size=c.model.input_size, seed=0)
+    split = splits.make_split(source.identities, num_forget=4, min_images=4, num_retain=8, seed=0)
+    d = experiment.build_distractors(c, source, split, c.model.input_size)
+    assert len(d) == 7
+    assert not set(d.identities.tolist()) & set(split.forget_ids + split.retain_ids)
+    c.data.num_distractors = 0  # all of them: the 4 identities outside the split x 6 images
+    assert len(experiment.build_distractors(c, source, split, c.model.input_size)) == 24
+    full = splits.make_split(source.identities, num_forget=4, min_images=4, seed=0)
+    with pytest.raises(experiment.UserError, match="every image of the data set belongs"):
+        experiment.build_distractors(c, source, full, c.model.input_size)
 
 
 def _phase_setup(tmp_path, method_name="hard_disp"):
