@@ -57,3 +57,19 @@ def test_quick_benchmark_writes_complete_report(tmp_path):
     assert r["mAP_abs_diff_exact_vs_numpy"] < 1e-6
     goals = report["goals"]
     assert goals["fp32_goal_met"] == (goals["step_fp32_vs_torch_fp32"] >= 1.0)
+
+
+def test_quick_depthwise_benchmark_compares_both_implementations(tmp_path):
+    out = tmp_path / "dw.json"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "tools" / "bench_depthwise.py"), "--quick", "--json-out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "hard_disp step images/s" in proc.stdout
+    report = json.loads(out.read_text())
+    for impl in ("shifted", "grouped_conv"):
+        assert _positive(report[impl]["embed_images_per_s"]) and _positive(report[impl]["step_images_per_s"])
+    assert _positive(report["embed_speedup"]) and _positive(report["step_speedup"])
+    assert report["embedding_max_abs_diff"] < 1e-4
