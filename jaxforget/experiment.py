@@ -356,6 +356,16 @@ def imprint_head(train_sets, num_classes: int, dim: int) -> np.ndarray:
 # --------------------------------------------------------------------------------------------
 
 
+def embedding_path(cfg, split, workdir: pathlib.Path, state: str, name: str) -> pathlib.Path:
+    """Where the embeddings of set ``name`` under model ``state`` are stored: the original
+    model's in the shared cache (every method run on the same base model and split reuses them),
+    the unlearned model's in the run's ``embeddings/``."""
+    if state == "original":
+        key = _cache_key(cfg, split, bool(cfg.eval.flip))
+        return cache_root(cfg, workdir) / "embeddings" / key / f"{name}.npz"
+    return workdir / "embeddings" / f"{state}_{name}.npz"
+
+
 def embed_sets(cfg, bundle, variables, source, split, names, distractors, workdir, state: str):
     """Embeds every named set (cached as ``embeddings/<state>_<name>.npz``)."""
     from jaxforget.data import pipeline  # pylint: disable=import-outside-toplevel
@@ -366,15 +376,7 @@ def embed_sets(cfg, bundle, variables, source, split, names, distractors, workdi
         if name == "retain_all":  # every image of the retain identities (train and test)
             out[name] = embed_lib.Embeddings.concatenate([out["retain_train"], out["retain_test"]])
             continue
-        if state == "original":  # shared by every method run on the same base model and split
-            path = (
-                cache_root(cfg, workdir)
-                / "embeddings"
-                / _cache_key(cfg, split, bool(cfg.eval.flip))
-                / f"{name}.npz"
-            )
-        else:
-            path = workdir / "embeddings" / f"{state}_{name}.npz"
+        path = embedding_path(cfg, split, workdir, state, name)
         if path.exists():
             out[name] = embed_lib.Embeddings.load(path)
             continue

@@ -1,5 +1,6 @@
 """The experiment runner: end-to-end run, resume after interruption, data parallelism, errors."""
 
+import importlib.util
 import json
 import pathlib
 import subprocess
@@ -61,6 +62,16 @@ def test_one_step_end_to_end(tmp_path):
     lines = (tmp_path / "run" / "metrics_unlearn.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 1
     assert out["original"]["forget_base"]["num_queries"] == res["original"]["forget_base"]["num_queries"]
+    # Protocols added afterwards from the stored embeddings equal those computed during the run.
+    reevaluate = _load_tool("reevaluate")
+    before = json.loads((tmp_path / "run" / "results.json").read_text())
+    res2 = reevaluate.reevaluate(tmp_path / "run", ("retain_search", "retain_search:retain_all"))
+    for state in ("original", "unlearned"):
+        assert res2[state]["retain_search:retain_all"]["num_queries"] > 0
+        assert res2[state]["retain_search"] == pytest.approx(before[state]["retain_search"])
+        assert res2[state]["forget_extended"] == before[state]["forget_extended"]  # kept
+    with pytest.raises(SystemExit, match="distractor gallery is not stored"):
+        reevaluate.reevaluate(tmp_path / "run", ("forget_extended",))
     # The base model was cached and is reused by a second experiment.
     assert len(list((tmp_path / "cache" / "base_models").iterdir())) == 1
     assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 1
@@ -79,6 +90,13 @@ def test_other_identity_distractors_are_outside_the_split():
     full = splits.make_split(source.identities, num_forget=4, min_images=4, seed=0)
     with pytest.raises(experiment.UserError, match="every image of the data set belongs"):
         experiment.build_distractors(c, source, full, c.model.input_size)
+
+
+def _load_tool(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _phase_setup(tmp_path, method_name="hard_disp"):

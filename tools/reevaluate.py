@@ -1,0 +1,76 @@
+#!/usr/bin/env python3
+"""Adds evaluation protocols to finished runs from their stored embeddings (no model is run).
+
+Usage:
+  python tools/reevaluate.py runs/celeba/*/seed_* --evals retain_search [--evals forget_base]
+
+Every run of ``python -m jaxforget.main`` keeps the embeddings it evaluated: the original model's
+in ``<cache_dir>/embeddings/<key>/`` and the unlearned model's in ``<run>/embeddings/``. This tool
+reloads them with the run's own ``config.json`` and ``split.json``, runs the named protocols
+(:mod:`jaxforget.eval.protocols`, same seed as the run) for both models, and merges the metrics
+into the run's ``results.json`` / ``results.md`` (existing protocols are kept; a protocol named
+again is recomputed). Protocols that need sets the run did not embed (distractors, CFP, ...) are
+refused with the missing file named: re-run the experiment with them in ``evals`` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+
+import ml_collections
+
+from jaxforget import experiment
+from jaxforget.data import splits
+from jaxforget.eval import protocols, report
+
+
+def reevaluate(run: pathlib.Path, evals: tuple[str, ...]) -> dict:
+    """Recomputes ``evals`` for the original and unlearned model of ``run``; returns the results."""
+    for name in ("config.json", "split.json", "results.json"):
+        if not (run / name).exists():
+            raise SystemExit(f"{run}: no {name}; is this a finished jaxforget run directory?")
+    cfg = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+    cfg.evals = tuple(evals)
+    split = splits.Split.load(run / "split.json")
+    try:
+        names = experiment._needed_sets(cfg)  # pylint: disable=protected-access
+    except experiment.UserError as e:
+        raise SystemExit(f"--evals: {e}") from e
+    if "distractors" in names:
+        raise SystemExit(f"{evals}: the distractor gallery is not stored with a run; re-run the "
+                         "experiment with data.distractors and these evals")
+    results = report.load_results(run / "results.json")
+    for state in experiment.STATES:
+        # embed_sets only reads stored files here; a missing one would need the model.
+        for name in names:
+            if name == "retain_all":
+                continue
+            path = experiment.embedding_path(cfg, split, run, state, name)
+            if not path.exists():
+                raise SystemExit(f"{run}: the {state} embeddings of {name} are not stored "
+                                 f"({path}); re-run the experiment with these evals")
+        sets = experiment.embed_sets(cfg, None, None, None, split, names, None, run, state)
+        results[state].update(protocols.run_protocols(tuple(evals), sets, seed=int(cfg.seed)))
+    meta = results.pop("meta")
+    meta.pop("source", None)
+    report.write_results(run, results, meta)
+    results["meta"] = meta
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("runs", nargs="+", type=pathlib.Path, help="run directories")
+    ap.add_argument("--evals", action="append", required=True, help="protocol (repeatable)")
+    args = ap.parse_args(argv)
+    for run in args.runs:
+        reevaluate(run, tuple(args.evals))
+        print(f"{run}: added {', '.join(args.evals)} to results.json / results.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
