@@ -139,6 +139,33 @@ def evaluate(setup: OrlSetup, variables: Mapping[str, Any], *, retain: bool = Tr
     return {part: {k: float(m[k]) for k in keys} for part, m in out.items()}
 
 
+def neighbour_stats(setup: OrlSetup, variables: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Per half of the forget images (``train``: unlearned on, ``test``: unseen): the mean cosine
+    of same-person pairs, the mean over images of the nearest same-person and nearest
+    other-person cosine, and the fraction of images whose nearest neighbour is the same person."""
+    out = {}
+    for half, idx in (("train", setup.forget_train), ("test", setup.forget_test)):
+        e = embed_records(setup, variables, idx)
+        z = e.emb / np.linalg.norm(e.emb, axis=1, keepdims=True)
+        same = e.labels[:, None] == e.labels[None]
+        off_diag = ~np.eye(len(z), dtype=bool)
+        cos = z @ z.T
+        nearest_same = np.where(same & off_diag, cos, -np.inf).max(1)
+        nearest_other = np.where(~same, cos, -np.inf).max(1)
+        out[half] = {"positive_cos": float(cos[same & off_diag].mean()),
+                     "nearest_same": float(nearest_same.mean()),
+                     "nearest_other": float(nearest_other.mean()),
+                     "nn_correct": float(np.mean(nearest_same > nearest_other))}
+    return out
+
+
+def _print_neighbours(tag: str, stats: Mapping[str, Mapping[str, float]]) -> None:
+    for half, m in stats.items():
+        print(f"  neighbours {tag} {half}: positive cos {m['positive_cos']:.3f}, nearest same "
+              f"{m['nearest_same']:.3f}, nearest other {m['nearest_other']:.3f}, 1-NN correct "
+              f"{m['nn_correct']:.2f}", flush=True)
+
+
 def method_config(*, lr: float, bn_mode: str, steps: int, margin: float = 0.0,
                   augmented_views: bool = False, salun_fraction: float = 0.0,
                   optimizer: str = "sgd", momentum: float = 0.9, weight_decay: float = 5e-4,
@@ -236,6 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--method", default="hard_disp", help="hard_disp | disp | hard_disp_aug | ...")
     p.add_argument("--retain_weights", default="0",
                    help="retain_weight values; > 0 distils to the original on CelebA-subset faces")
+    p.add_argument("--neighbours", action="store_true",
+                   help="also print nearest-neighbour cosines of the forget train / test images")
     p.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                    help="fixed method field for every row (Python literal), e.g. view_crop=0.15")
     args = p.parse_args(argv)
@@ -256,6 +285,8 @@ def main(argv: list[str] | None = None) -> None:
     t = time.perf_counter()
     base = evaluate(setup, setup.variables)
     print(f"original ({time.perf_counter() - t:.1f}s): {base}", flush=True)
+    if args.neighbours:
+        _print_neighbours("original", neighbour_stats(setup, setup.variables))
     retain_data = None
     if any(float(w) > 0 for w in args.retain_weights.split(",")):
         retain_data = celeba_retain(shared / "data" / "celeba_subset", setup.bundle.input_size)
@@ -286,6 +317,8 @@ def main(argv: list[str] | None = None) -> None:
                               f"{rt['R@1']:.3f}", f"{rt['CS']:.3f}",
                               f"{rt['mAP'] - base['retain']['mAP']:+.3f}", f"{per_step:.2f}"],
                              WIDTHS), flush=True)
+            if args.neighbours:
+                _print_neighbours(f"step {step}", neighbour_stats(setup, variables))
             clock["t"], clock["step"] = time.perf_counter(), step
 
         unlearn(setup, cfg, images_per_identity=k, seed=args.seed, retain=retain_data,
