@@ -16,15 +16,21 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def test_quick_benchmark_writes_complete_report(tmp_path):
-    out = tmp_path / "bench.json"
+def _run_quick(tool: str, out: pathlib.Path) -> str:
+    """Runs ``tools/<tool> --quick --json-out out`` (without inherited XLA flags); its stdout."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "benchmark.py"), "--quick", "--json-out", str(out)],
+        [sys.executable, str(ROOT / "tools" / tool), "--quick", "--json-out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "unlearning step fp32" in proc.stdout and "goals:" in proc.stdout
+    return proc.stdout
+
+
+def test_quick_benchmark_writes_complete_report(tmp_path):
+    out = tmp_path / "bench.json"
+    stdout = _run_quick("benchmark.py", out)
+    assert "unlearning step fp32" in stdout and "goals:" in stdout
     report = json.loads(out.read_text())
 
     assert _positive(report["ceiling"]["jax_fp32_gflops"]) and _positive(report["ceiling"]["torch_bf16_gflops"])
@@ -61,13 +67,7 @@ def test_quick_benchmark_writes_complete_report(tmp_path):
 
 def test_quick_depthwise_benchmark_compares_both_implementations(tmp_path):
     out = tmp_path / "dw.json"
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / "bench_depthwise.py"), "--quick", "--json-out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "hard_disp step images/s" in proc.stdout
+    assert "hard_disp step images/s" in _run_quick("bench_depthwise.py", out)
     report = json.loads(out.read_text())
     for impl in ("shifted", "grouped_conv"):
         assert _positive(report[impl]["embed_images_per_s"]) and _positive(report[impl]["step_images_per_s"])
