@@ -366,6 +366,30 @@ def embedding_path(cfg, split, workdir: pathlib.Path, state: str, name: str) -> 
     return workdir / "embeddings" / f"{state}_{name}.npz"
 
 
+def load_stored_sets(run: pathlib.Path, evals: tuple[str, ...], state: str):
+    """The sets that protocols ``evals`` need, as stored by the finished run in ``run`` under
+    model ``state``; returns ``(cfg, split, sets)``. No model is run: a missing file is a
+    :class:`UserError` naming it (distractor galleries are never stored with a run)."""
+    for name in ("config.json", "split.json"):
+        if not (run / name).exists():
+            raise UserError(f"{run}: no {name}; is this a finished jaxforget run directory?")
+    cfg = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+    from jaxforget.data import splits  # pylint: disable=import-outside-toplevel
+
+    cfg.evals = tuple(evals)
+    split = splits.Split.load(run / "split.json")
+    names = _needed_sets(cfg)
+    if "distractors" in names:
+        raise UserError(f"{evals}: the distractor gallery is not stored with a run; re-run the "
+                        "experiment with data.distractors and these evals")
+    for name in names:
+        path = embedding_path(cfg, split, run, state, name)
+        if name != "retain_all" and not path.exists():
+            raise UserError(f"{run}: the {state} embeddings of {name} are not stored ({path}); "
+                            "re-run the experiment with these evals")
+    return cfg, split, embed_sets(cfg, None, None, None, split, names, None, run, state)
+
+
 def embed_sets(cfg, bundle, variables, source, split, names, distractors, workdir, state: str):
     """Embeds every named set (cached as ``embeddings/<state>_<name>.npz``)."""
     from jaxforget.data import pipeline  # pylint: disable=import-outside-toplevel
@@ -576,24 +600,43 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
         )
         return [next(it) for _ in range(int(m.salun_batches))]
 
-    forget_test_images = _all_images(source, split.forget_test())
-    forget_test_labels = split.labels(np.asarray(source.identities)[split.forget_test()])
-    cs_fn = _make_cs_hook(bundle, forget_test_images, forget_test_labels)
-    variables1, _ = run_phase(
-        phase="unlearn",
-        method_name=m.name,
-        method_cfg=m,
-        cfg=cfg,
-        bundle=bundle,
-        variables=variables,
-        head=head,
-        iterators=iterators,
-        workdir=workdir,
-        num_classes=split.num_classes,
-        mesh=mesh,
-        saliency_batches=saliency_batches,
-        hook=lambda step, state: cs_fn(_variables_of(state)),
-    )
+    from jaxforget import methods  # pylint: disable=import-outside-toplevel
+    from jaxforget.methods import projection  # pylint: disable=import-outside-toplevel
+
+    method = methods.get_method(m.name)
+    if methods.resolve_hparams(m, method).project:
+        ft = sets0["forget_train"]
+        if ft.dim != bundle.embedding_size:
+            raise UserError(
+                f"method.project: the forget-train embeddings have {ft.dim} dims, the model "
+                f"{bundle.embedding_size} (eval.flip='concat'); use eval.flip=True or False."
+            )
+        variables, info = projection.project_identities(bundle.family, variables, ft.emb, ft.labels)
+        _log(
+            f"[unlearn] projection: removed {info['removed_dims']} centroid directions of "
+            f"{info['identities']} forget identities from the embedding"
+        )
+    if method.closed_form:
+        variables1 = variables
+    else:
+        forget_test_images = _all_images(source, split.forget_test())
+        forget_test_labels = split.labels(np.asarray(source.identities)[split.forget_test()])
+        cs_fn = _make_cs_hook(bundle, forget_test_images, forget_test_labels)
+        variables1, _ = run_phase(
+            phase="unlearn",
+            method_name=m.name,
+            method_cfg=m,
+            cfg=cfg,
+            bundle=bundle,
+            variables=variables,
+            head=head,
+            iterators=iterators,
+            workdir=workdir,
+            num_classes=split.num_classes,
+            mesh=mesh,
+            saliency_batches=saliency_batches,
+            hook=lambda step, state: cs_fn(_variables_of(state)),
+        )
 
     sets1 = embed_sets(
         cfg, bundle, variables1, source, split, names, distractors, workdir, "unlearned"
@@ -604,7 +647,7 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
         "seed": int(cfg.seed),
         "model": cfg.model.name,
         "data": cfg.data.name,
-        "steps": int(m.steps),
+        "steps": 0 if method.closed_form else int(m.steps),
         "forget_identities": [str(i) for i in split.forget_ids],
         "wall_time_s": round(time.perf_counter() - t_start, 1),
     }

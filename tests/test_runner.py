@@ -77,6 +77,30 @@ def test_one_step_end_to_end(tmp_path):
     assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 1
 
 
+def test_closed_form_projection_run(tmp_path):
+    """``project`` trains nothing; the unlearned embeddings are the original ones with the
+    forget-train centroid directions removed (the fold, eval-time flip included, end to end)."""
+    from jaxforget.eval.embed import Embeddings
+    from jaxforget.methods import projection
+
+    c = tiny_config("project")
+    c.cache_dir = str(tmp_path / "cache")
+    experiment.run(c, tmp_path / "run")
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert res["meta"]["steps"] == 0 and res["meta"]["method"] == "project"
+    assert not (tmp_path / "run" / "metrics_unlearn.jsonl").exists()
+    (key,) = list((tmp_path / "cache" / "embeddings").iterdir())
+    orig = {n: Embeddings.load(key / f"{n}.npz") for n in ("forget_train", "retain_test")}
+    new = {n: Embeddings.load(tmp_path / "run" / "embeddings" / f"unlearned_{n}.npz") for n in orig}
+    q = projection.identity_basis(orig["forget_train"].emb, orig["forget_train"].labels)
+    assert q.shape[1] == c.forget.num_identities
+    np.testing.assert_allclose(new["forget_train"].emb @ q, 0.0, atol=1e-4)
+    want = orig["retain_test"].emb @ projection.removal_matrix(q)
+    want /= np.linalg.norm(want, axis=1, keepdims=True)
+    np.testing.assert_allclose(new["retain_test"].emb, want, atol=1e-4)
+    assert res["unlearned"]["forget_base"]["CS"] < res["original"]["forget_base"]["CS"]
+
+
 def test_other_identity_distractors_are_outside_the_split():
     c = tiny_config()
     c.data.distractors, c.data.num_distractors = "other_identities", 7

@@ -20,39 +20,20 @@ import json
 import pathlib
 import sys
 
-import ml_collections
-
 from jaxforget import experiment
-from jaxforget.data import splits
 from jaxforget.eval import protocols, report
 
 
 def reevaluate(run: pathlib.Path, evals: tuple[str, ...]) -> dict:
     """Recomputes ``evals`` for the original and unlearned model of ``run``; returns the results."""
-    for name in ("config.json", "split.json", "results.json"):
-        if not (run / name).exists():
-            raise SystemExit(f"{run}: no {name}; is this a finished jaxforget run directory?")
-    cfg = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
-    cfg.evals = tuple(evals)
-    split = splits.Split.load(run / "split.json")
-    try:
-        names = experiment._needed_sets(cfg)  # pylint: disable=protected-access
-    except experiment.UserError as e:
-        raise SystemExit(f"--evals: {e}") from e
-    if "distractors" in names:
-        raise SystemExit(f"{evals}: the distractor gallery is not stored with a run; re-run the "
-                         "experiment with data.distractors and these evals")
+    if not (run / "results.json").exists():
+        raise SystemExit(f"{run}: no results.json; is this a finished jaxforget run directory?")
     results = report.load_results(run / "results.json")
     for state in experiment.STATES:
-        # embed_sets only reads stored files here; a missing one would need the model.
-        for name in names:
-            if name == "retain_all":
-                continue
-            path = experiment.embedding_path(cfg, split, run, state, name)
-            if not path.exists():
-                raise SystemExit(f"{run}: the {state} embeddings of {name} are not stored "
-                                 f"({path}); re-run the experiment with these evals")
-        sets = experiment.embed_sets(cfg, None, None, None, split, names, None, run, state)
+        try:
+            cfg, _, sets = experiment.load_stored_sets(run, tuple(evals), state)
+        except experiment.UserError as e:
+            raise SystemExit(str(e)) from e
         results[state].update(protocols.run_protocols(tuple(evals), sets, seed=int(cfg.seed)))
     meta = results.pop("meta")
     meta.pop("source", None)

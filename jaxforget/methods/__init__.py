@@ -24,7 +24,11 @@ bs              forget                     bs_eps; lr=1e-4; uses the frozen orig
 lipschitz       forget + retain            lipschitz_draws lipschitz_sigma; retain_weight=1.0,
                                            salun_fraction=0.5
 contrastive     forget + retain            contrastive_temperature retain_weight(=1.0, CosFace)
+project         none (closed form)         no training: removes the forget identities' centroid
+                                           directions from the embedding (``projection.py``)
 =============== ========================== =========================================================
+
+``project=True`` on any trained method applies the same projection before its training.
 """
 
 from __future__ import annotations
@@ -59,6 +63,7 @@ from jaxforget.methods.dispersion import (
     augment_views,
 )
 from jaxforget.methods.lipschitz import LIPSCHITZ
+from jaxforget.methods.projection import PROJECT
 from jaxforget.methods.saliency import (
     compute_saliency_mask,
     get_saliency_mask,
@@ -70,7 +75,7 @@ from jaxforget.methods.saliency import (
 METHODS: dict[str, Method] = {
     m.name: m
     for m in (FINETUNE, RETRAIN, DISPERSION, HARD_DISPERSION, DISPERSION_AUG, HARD_DISPERSION_AUG,
-              RANDOM_LABELING, GRADIENT_ASCENT, BOUNDARY_SHRINK, LIPSCHITZ, CONTRASTIVE)
+              RANDOM_LABELING, GRADIENT_ASCENT, BOUNDARY_SHRINK, LIPSCHITZ, CONTRASTIVE, PROJECT)
 }
 
 

@@ -99,6 +99,9 @@ class HParams:
     retain_loss: str = "cosface"      # cosface (CosFace on retain) | distill (to frozen original)
     # SalUn.
     salun_fraction: float = 0.0       # 0: off; else keep this top fraction of weight elements
+    # Identity-subspace projection (see ``projection.py``): remove the forget identities' centroid
+    # directions from the embedding before training (always on for the closed-form ``project``).
+    project: bool = False
     # Baselines.
     rl_exclude_true: bool = False     # RL: draw random labels among the other C-1 classes
     bs_eps: float = 4.0 / 255.0       # BS: FGSM step, normalised-pixel units (~2 grey levels)
@@ -258,6 +261,7 @@ class Method:
     uses_head: bool = True
     generic_retain: bool = True
     needs_frozen: bool = False
+    closed_form: bool = False  # no training: the runner skips the update loop (``project``)
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def data_needs(self, method_cfg: Any = None) -> tuple[str, ...]:
@@ -516,6 +520,9 @@ def make_update_step(method: Method, method_cfg: Any, ctx: Context
     (learning rate used for this step), plus the method's own scalars (and ``retain_loss`` when the
     generic retain term is on).
     """
+    if method.closed_form:
+        raise ValueError(f"method {method.name!r} is closed-form: it has no update step (the "
+                         "runner applies it without training)")
     hp = resolve_hparams(method_cfg, method)
     needs = method.data_needs(method_cfg)
     tx, schedule = make_optimizer(hp)
