@@ -101,6 +101,8 @@ class HParams:
     salun_fraction: float = 0.0       # 0: off; else keep this top fraction of weight elements
     # Identity-subspace projection (see ``projection.py``): remove the forget identities' centroid
     # directions from the embedding before training (always on for the closed-form ``project``).
+    # The map is exact for eval-mode BatchNorm; training with bn_mode='train' normalises the last
+    # layer by batch statistics, which partly undoes it during training.
     project: bool = False
     # Baselines.
     rl_exclude_true: bool = False     # RL: draw random labels among the other C-1 classes
