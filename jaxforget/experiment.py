@@ -577,32 +577,10 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     results = {"original": evaluate(cfg, sets0)}
 
     # Unlearning.
-    m = cfg.method
-    k = int(m.images_per_identity)
-    iterators = {
-        "forget": _train_iterator(
-            source, split.forget_train(), split, int(m.batch_size), k, int(cfg.seed), "method"
-        ),
-        "retain": _train_iterator(
-            source,
-            split.retain_train(),
-            split,
-            int(m.get("retain_batch_size", m.batch_size)),
-            k,
-            int(cfg.seed) + 1,
-            "method",
-        ),
-    }
-
-    def saliency_batches():
-        it = _train_iterator(
-            source, split.forget_train(), split, int(m.batch_size), k, int(cfg.seed) + 2, "method"
-        )
-        return [next(it) for _ in range(int(m.salun_batches))]
-
     from jaxforget import methods  # pylint: disable=import-outside-toplevel
     from jaxforget.methods import projection  # pylint: disable=import-outside-toplevel
 
+    m = cfg.method
     method = methods.get_method(m.name)
     if methods.resolve_hparams(m, method).project:
         ft = sets0["forget_train"]
@@ -619,24 +597,7 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     if method.closed_form:
         variables1 = variables
     else:
-        forget_test_images = _all_images(source, split.forget_test())
-        forget_test_labels = split.labels(np.asarray(source.identities)[split.forget_test()])
-        cs_fn = _make_cs_hook(bundle, forget_test_images, forget_test_labels)
-        variables1, _ = run_phase(
-            phase="unlearn",
-            method_name=m.name,
-            method_cfg=m,
-            cfg=cfg,
-            bundle=bundle,
-            variables=variables,
-            head=head,
-            iterators=iterators,
-            workdir=workdir,
-            num_classes=split.num_classes,
-            mesh=mesh,
-            saliency_batches=saliency_batches,
-            hook=lambda step, state: cs_fn(_variables_of(state)),
-        )
+        variables1 = _train_method(cfg, bundle, variables, head, source, split, workdir, mesh)
 
     sets1 = embed_sets(
         cfg, bundle, variables1, source, split, names, distractors, workdir, "unlearned"
@@ -686,6 +647,53 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     _log(f"wrote {json_path}, {md_path}, {out_dir} in {meta['wall_time_s']:.0f}s")
     results["meta"] = meta
     return results
+
+
+def _train_method(cfg, bundle, variables, head, source, split, workdir: pathlib.Path, mesh):
+    """Runs the configured (trained) method on the forget / retain train images; returns the
+    unlearned variables."""
+    m = cfg.method
+    k = int(m.images_per_identity)
+    iterators = {
+        "forget": _train_iterator(
+            source, split.forget_train(), split, int(m.batch_size), k, int(cfg.seed), "method"
+        ),
+        "retain": _train_iterator(
+            source,
+            split.retain_train(),
+            split,
+            int(m.get("retain_batch_size", m.batch_size)),
+            k,
+            int(cfg.seed) + 1,
+            "method",
+        ),
+    }
+
+    def saliency_batches():
+        it = _train_iterator(
+            source, split.forget_train(), split, int(m.batch_size), k, int(cfg.seed) + 2, "method"
+        )
+        return [next(it) for _ in range(int(m.salun_batches))]
+
+    forget_test_images = _all_images(source, split.forget_test())
+    forget_test_labels = split.labels(np.asarray(source.identities)[split.forget_test()])
+    cs_fn = _make_cs_hook(bundle, forget_test_images, forget_test_labels)
+    variables1, _ = run_phase(
+        phase="unlearn",
+        method_name=m.name,
+        method_cfg=m,
+        cfg=cfg,
+        bundle=bundle,
+        variables=variables,
+        head=head,
+        iterators=iterators,
+        workdir=workdir,
+        num_classes=split.num_classes,
+        mesh=mesh,
+        saliency_batches=saliency_batches,
+        hook=lambda step, state: cs_fn(_variables_of(state)),
+    )
+    return variables1
 
 
 def _concat(a, b):
