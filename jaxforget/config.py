@@ -201,7 +201,7 @@ def celeba_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.forget.min_images = 6
     c.retain.min_images = 3
     c.retain.max_identities = 300  # of 1,161 eligible; keeps a CPU run to minutes
-    c.evals = ("forget_base", "retain_search:retain_all", "reid_audit")
+    c.evals = ("forget_base", "retain_search:retain_all", "retain_search", "reid_audit")
     c.method.batch_size = 30
     c.method.images_per_identity = 3
     c.method.retain_batch_size = 30
@@ -220,7 +220,7 @@ def orl_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.forget.num_identities = 5
     c.forget.min_images = 10
     c.retain.min_images = 2
-    c.evals = ("forget_base", "retain_search:retain_all", "reid_audit")
+    c.evals = ("forget_base", "retain_search:retain_all", "retain_search", "reid_audit")
     c.method.batch_size = 20
     c.method.images_per_identity = 4
     c.method.retain_batch_size = 20
