@@ -167,6 +167,57 @@ def test_salun_masked_elements_bit_identical_after_many_steps():
     assert moved_kept > 0.5 * n_kept, "the unmasked elements should train"
 
 
+def _bits(tree):
+    return [np.asarray(x).view(np.uint32) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("name", ["hard_disp", "finetune"])
+def test_trainable_pattern_freezes_every_other_leaf_bit_identically(name):
+    """method.trainable='Dense_0/': with weight decay, momentum and train-mode BatchNorm, the conv
+    and BatchNorm leaves (parameters and running statistics) never move; the dense layer, and the
+    head for head-training methods, do."""
+    _, variables, head, ctx = _setup()
+    method = M.get_method(name)
+    cfg = {"lr": 0.05, "momentum": 0.9, "weight_decay": 0.05, "bn_mode": "train",
+           "trainable": "Dense_0/"}
+    state = M.init_state(method, cfg, variables, head, _key(0))
+    update = jax.jit(M.make_update_step(method, cfg, ctx), donate_argnums=0)
+    for step in range(10):
+        state, _ = update(state, _batch(method, cfg, seed=step))
+    params = variables["params"]
+    for frozen in ("Conv_0", "BatchNorm_0"):
+        chex.assert_trees_all_equal(_bits(state.params[frozen]), _bits(params[frozen]))
+    chex.assert_trees_all_equal(state.batch_stats, variables["batch_stats"])
+    assert not np.allclose(state.params["Dense_0"]["kernel"], params["Dense_0"]["kernel"])
+    assert (not np.allclose(state.head, head)) == method.trains_head
+
+
+def test_trainable_pattern_leaves_the_trained_leaves_gradient_unchanged():
+    """One plain-SGD step: the dense layer moves exactly as it does when everything trains."""
+    _, variables, head, ctx = _setup()
+    method = M.get_method("hard_disp")
+    base = {"lr": 0.1, "momentum": 0.0, "weight_decay": 0.0, "bn_mode": "frozen"}
+    out = {}
+    for pattern in ("", "Dense_0/"):
+        cfg = dict(base, trainable=pattern)
+        state = M.init_state(method, cfg, variables, head, _key(0))
+        out[pattern], _ = jax.jit(M.make_update_step(method, cfg, ctx))(
+            state, _batch(method, cfg))
+    chex.assert_trees_all_close(out["Dense_0/"].params["Dense_0"], out[""].params["Dense_0"],
+                                rtol=1e-6, atol=1e-7)
+    assert not np.allclose(out[""].params["Conv_0"]["kernel"],
+                           variables["params"]["Conv_0"]["kernel"])
+
+
+@pytest.mark.parametrize("pattern, message", [("Dense_0/(", "not a valid regular expression"),
+                                              ("linear1/", "matches no backbone parameter")])
+def test_bad_trainable_pattern_names_the_field(pattern, message):
+    _, variables, head, _ = _setup()
+    with pytest.raises(ValueError, match=message) as err:
+        M.init_state(M.get_method("hard_disp"), {"trainable": pattern}, variables, head, _key(0))
+    assert "method.trainable" in str(err.value)
+
+
 def test_salun_mask_swap_does_not_retrace():
     _, variables, head, ctx = _setup()
     method = M.get_method("disp")

@@ -15,12 +15,15 @@ Set-up, metrics and the hyper-parameter sweep live in ``tools/orl_sweep.py`` (sh
 test); the values below were chosen from its table. Embeddings are single-view (no flip averaging)
 to keep the CPU time of the test down.
 
-Status: the retain bound holds and the forget identities clearly disperse, but the measured sweep
-did not reach the issue's CS < 0.2 and halved forget mAP together with the retain bound: forget mAP
-stops near 0.62 (R@1 near 0.92) even after 100 steps with a negative margin, frozen BatchNorm,
-multi-view dispersion or a distillation term, while retain mAP keeps falling (docs/RESULTS.md,
-section 2, has every run). The test hard-asserts
-what holds and reports the unmet targets, with their measured values, as an expected failure.
+The run trains only the output layer (``method.trainable='linear1/'``: the 1x1 convolution
+512 -> 128 and its BatchNorm, BatchNorm statistics frozen). On this split it disperses the forget
+test photos further than training the whole backbone (CS 0.11 against 0.25 after 20 full steps)
+at a tenth of the retain cost (-0.01 against -0.03), and each step is about ten times cheaper.
+
+Status: CS < 0.2 and the retain bound hold; forget mAP does not halve (0.997 -> 0.555 here; the
+best of every sweep in docs/RESULTS.md, sections 2 and 3e, is 0.50 and costs 0.11 of retain mAP).
+The test hard-asserts what holds and reports the unmet target, with its measured value, as an
+expected failure.
 """
 
 from __future__ import annotations
@@ -36,12 +39,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.real_data]
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
-# Chosen with tools/orl_sweep.py (the sweep table is in the commit message that set them). At
-# margin 0 the training loss is saturated (~0.02) by step 20, so more steps change little.
-STEPS = 20                # at most 200 allowed; every step is a full backward pass on the CPU
+# Chosen with tools/orl_sweep.py (docs/RESULTS.md, section 3e, has the sweep). The output layer
+# alone saturates the loss by step 100 (loss < 1e-3); forget mAP changes little after that.
+STEPS = 100               # at most 200 allowed
 LR = 0.05                 # SGD, momentum 0.9, weight decay 5e-4, constant schedule
 MARGIN = 0.0              # m_d of the hard dispersion loss
-BN_MODE = "train"         # BatchNorm statistics follow the forget batches (kept retain mAP best)
+BN_MODE = "frozen"        # eval-mode BatchNorm, running statistics unchanged
+TRAINABLE = "linear1/"    # only MobileFaceNet's output layer (1x1 conv + BatchNorm) trains
 IDENTITIES_PER_BATCH = 5  # P: every forget identity in every batch
 IMAGES_PER_IDENTITY = 4   # K: 4 of each identity's 5 train images
 
@@ -71,13 +75,14 @@ def test_hard_dispersion_forgets_five_orl_identities_and_keeps_the_rest(shared):
     assert (len(setup.forget_train), len(setup.forget_test), len(setup.retain_all)) == (25, 25, 350)
 
     before = sweep.evaluate(setup, setup.variables)
-    cfg = sweep.method_config(lr=LR, bn_mode=BN_MODE, steps=STEPS, margin=MARGIN)
+    cfg = sweep.method_config(lr=LR, bn_mode=BN_MODE, steps=STEPS, margin=MARGIN,
+                              trainable=TRAINABLE)
     variables, log = sweep.unlearn(setup, cfg, identities_per_batch=IDENTITIES_PER_BATCH,
                                    images_per_identity=IMAGES_PER_IDENTITY, seed=0)
     after = sweep.evaluate(setup, variables)
 
     print(f"\nforget identities {setup.split.forget_ids}; hard_disp {STEPS} steps, lr {LR}, "
-          f"margin {MARGIN}, bn_mode {BN_MODE}, "
+          f"margin {MARGIN}, bn_mode {BN_MODE}, trainable {TRAINABLE!r}, "
           f"batch {IDENTITIES_PER_BATCH}x{IMAGES_PER_IDENTITY}; "
           f"loss {log[0]['loss']:.3f} -> {log[-1]['loss']:.3f}; {time.perf_counter() - t0:.0f}s")
     print(f"{'':8} {'set':7} {'mAP':>6} {'R@1':>6} {'CS':>6}")
@@ -97,10 +102,9 @@ def test_hard_dispersion_forgets_five_orl_identities_and_keeps_the_rest(shared):
     assert af["CS"] <= 0.5 * bf["CS"], (bf, af)
     assert af["mAP"] <= bf["mAP"] - 0.2, (bf, af)
     assert abs(ar["mAP"] - br["mAP"]) <= MAX_RETAIN_MAP_CHANGE, (br, ar)
-    # The issue's full targets. Not reached by plain hard_disp on ORL within a CPU-sized run (see
-    # tools/orl_sweep.py's table: forget mAP plateaus near 0.65-0.7 while retain mAP starts to
-    # drop by more than 0.03); reported as an expected failure naming the measured values, and
-    # turned into a pass automatically when a better configuration reaches them.
+    # The issue's full targets: forget mAP does not halve on ORL in any measured configuration
+    # (docs/RESULTS.md, sections 2 and 3e); reported as an expected failure naming the measured
+    # values, and turned into a pass automatically when a better configuration reaches them.
     unmet = []
     if not af["CS"] < MAX_FORGET_CS:
         unmet.append(f"forget CS {af['CS']:.3f} is not below {MAX_FORGET_CS}")

@@ -194,7 +194,13 @@ def unlearn(setup: OrlSetup, method_cfg: Mapping[str, Any], *, identities_per_ba
     ctx = methods.Context(apply_fn=setup.bundle.module.apply, pixel_mean=setup.bundle.pixel_mean,
                           pixel_std=setup.bundle.pixel_std, num_classes=setup.split.num_classes)
     rng = jax.random.PRNGKey(seed)
-    state = methods.init_state(method, method_cfg, setup.variables, None, rng)
+    start = setup.variables
+    if methods.resolve_hparams(method_cfg, method).project:  # as the runner does
+        from jaxforget.methods import projection  # pylint: disable=import-outside-toplevel
+        train = embed_records(setup, start, setup.forget_train)
+        start, _ = projection.project_identities(setup.bundle.family, start, train.emb,
+                                                 train.labels)
+    state = methods.init_state(method, method_cfg, start, None, rng)
 
     def forget_batches(s):
         return iter(pipeline.train_dataset(
@@ -207,8 +213,7 @@ def unlearn(setup: OrlSetup, method_cfg: Mapping[str, Any], *, identities_per_ba
         mask = methods.compute_saliency_mask(
             method, ctx, state, [next(it) for _ in range(2)], float(method_cfg["salun_fraction"]),
             loss="hard_dispersion", method_cfg=method_cfg)
-        state = methods.init_state(method, method_cfg, setup.variables, None, rng,
-                                   saliency_mask=mask)
+        state = methods.init_state(method, method_cfg, start, None, rng, saliency_mask=mask)
     update = jax.jit(methods.make_update_step(method, method_cfg, ctx), donate_argnums=0)
     batches = forget_batches(seed)
     needs_retain = "retain" in method.data_needs(method_cfg)

@@ -1,12 +1,14 @@
 """Unlearning methods chosen by name: ``get_method(config.method.name)``.
 
-Every method trains the whole backbone; BatchNorm statistics follow ``method.bn_mode``; the CosFace
-head is frozen except in ``finetune`` and ``retrain``. See :mod:`jaxforget.methods.base` for the
+Every method trains the whole backbone, or only the parameters whose path matches the regular
+expression ``method.trainable`` (e.g. ``'linear1/'``, MobileFaceNet's output layer); BatchNorm
+statistics follow ``method.bn_mode``; the CosFace head is frozen except in ``finetune`` and
+``retrain``. See :mod:`jaxforget.methods.base` for the
 state, the optax chain and the update step, and :mod:`jaxforget.methods.saliency` for SalUn.
 
 Config fields (``config.method.*``, all in :class:`HParams`). Every method reads the optimiser
 fields ``optimizer lr momentum nesterov weight_decay schedule warmup_steps steps step_boundaries
-step_factor clip_norm``, ``bn_mode``, ``flip``, ``salun_fraction`` and (except finetune, retrain,
+step_factor clip_norm``, ``bn_mode``, ``trainable``, ``flip``, ``salun_fraction`` and (except finetune, retrain,
 contrastive) the generic retain term ``retain_weight retain_loss``. Method-specific fields:
 
 =============== ========================== =========================================================

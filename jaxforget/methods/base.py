@@ -2,7 +2,11 @@
 
 What trains (every method):
 
-* the whole backbone (every ``params`` leaf, BatchNorm scales/biases and PReLU slopes included);
+* the whole backbone (every ``params`` leaf, BatchNorm scales/biases and PReLU slopes included),
+  or, with ``method.trainable`` (a regular expression), only the leaves whose '/'-joined path
+  matches it (e.g. ``'linear1/'``: MobileFaceNet's output layer). Frozen leaves get no gradient
+  (``stop_gradient``, so XLA drops their backward pass), a final update of ``-0.0`` (bit-identical
+  after any weight decay or momentum) and, in ``bn_mode='train'``, unchanged running statistics;
 * BatchNorm running statistics: updated in train mode (``method.bn_mode='train'``, like PyTorch's
   ``model.train()``: each forward pass of the trained model moves them), or left unchanged with
   eval-mode normalisation (``bn_mode='frozen'``);
@@ -16,6 +20,7 @@ The optax chain, from ``method.*`` config fields (:class:`HParams`)::
     adam:  add_decayed_weights(wd) -> scale_by_adam -> -lr(t)               (PyTorch Adam, L2 in grad)
     adamw: scale_by_adam -> add_decayed_weights(wd) -> -lr(t)              (decoupled decay)
     SalUn mask of the final update          if salun_fraction > 0 (see ``saliency.py``)
+    freeze of the leaves ``trainable`` excludes   if trainable != ''
 
 ``lr(t)``: ``schedule`` constant | cosine | linear | step (x ``step_factor`` at each fraction of
 ``steps`` in ``step_boundaries``), after a linear warm-up of ``warmup_steps``.
@@ -35,6 +40,7 @@ The runner's calls::
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -97,6 +103,9 @@ class HParams:
     # as their own loss instead).
     retain_weight: float = 0.0        # lambda; 0: no retain data needed
     retain_loss: str = "cosface"      # cosface (CosFace on retain) | distill (to frozen original)
+    # What trains (beyond the paper): '' = the whole backbone; else a regular expression searched
+    # in each '/'-joined parameter / BatchNorm-statistic path (see trainable_mask).
+    trainable: str = ""
     # SalUn.
     salun_fraction: float = 0.0       # 0: off; else keep this top fraction of weight elements
     # Identity-subspace projection (see ``projection.py``): remove the forget identities' centroid
@@ -125,6 +134,11 @@ class HParams:
             raise bad("retain_loss", self.retain_loss, RETAIN_LOSSES)
         if self.view_positives not in VIEW_POSITIVES:
             raise bad("view_positives", self.view_positives, VIEW_POSITIVES)
+        try:
+            re.compile(self.trainable)
+        except re.error as e:
+            raise ValueError(f"config method.trainable={self.trainable!r} is not a valid regular "
+                             f"expression ({e}); use e.g. 'linear1/' or '' (whole backbone).")
         checks = [
             ("lr", self.lr >= 0, ">= 0"), ("steps", self.steps >= 1, ">= 1"),
             ("warmup_steps", 0 <= self.warmup_steps, ">= 0"),
@@ -410,9 +424,53 @@ def make_optimizer(hp: HParams) -> tuple[optax.GradientTransformation, optax.Sch
         if hp.weight_decay > 0:
             links.append(optax.add_decayed_weights(hp.weight_decay))
     links.append(optax.scale_by_learning_rate(schedule))
+    if hp.trainable:
+        links.append(_freeze_transform(hp.trainable))
     if hp.salun_fraction > 0:
         links.append(saliency_mask_transform())
     return optax.chain(*links), schedule
+
+
+def _path_str(path: tuple[Any, ...]) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def trainable_mask(pattern: str, tree: PyTree) -> PyTree:
+    """Python bools shaped like ``tree`` (backbone ``params`` or ``batch_stats``): True where the
+    leaf's '/'-joined path (``'linear1/conv/kernel'``) contains a match of ``pattern``."""
+    regex = re.compile(pattern)
+    return jax.tree_util.tree_map_with_path(lambda p, _: bool(regex.search(_path_str(p))), tree)
+
+
+def check_trainable(pattern: str, params: PyTree) -> None:
+    """Raises when ``method.trainable`` matches no backbone parameter (the run would train
+    nothing); the message lists the model's top-level modules."""
+    if pattern and not any(jax.tree.leaves(trainable_mask(pattern, params))):
+        example = _path_str(jax.tree_util.tree_leaves_with_path(params)[-1][0])
+        raise ValueError(f"config method.trainable={pattern!r} matches no backbone parameter. "
+                         f"Paths look like '{example}'; top-level modules: "
+                         f"{', '.join(sorted(params))}.")
+
+
+def _freeze_transform(pattern: str) -> optax.GradientTransformation:
+    """Sets the final update of every backbone leaf that ``pattern`` does not match to ``-0.0``
+    (``p + -0.0 == p`` bit for bit); the head, when trained, is never frozen by it."""
+
+    def update_fn(updates, state, params=None):
+        del params
+        keep = {k: (trainable_mask(pattern, v) if k == "params"
+                    else jax.tree.map(lambda _: True, v)) for k, v in updates.items()}
+        return jax.tree.map(lambda u, m: u if m else jnp.full_like(u, -0.0), updates, keep), state
+
+    return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)
+
+
+def _frozen_where(pattern: str, new: PyTree, old: PyTree) -> PyTree:
+    """``new`` where ``pattern`` matches the leaf's path, else ``old`` (no-op for '')."""
+    if not pattern or new is None:
+        return new
+    return jax.tree.map(lambda m, a, b: a if m else jax.lax.stop_gradient(b),
+                        trainable_mask(pattern, new), new, old)
 
 
 def trainable_tree(method: Method, state: TrainState) -> dict[str, PyTree]:
@@ -457,6 +515,7 @@ def init_state(method: Method, method_cfg: Any, variables: Mapping[str, PyTree],
     frozen = copy(dict(variables)) if method.uses_frozen(method_cfg) else None
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, batch_stats=batch_stats,
                        head=head, opt_state=None, rng=rng, frozen=frozen)
+    check_trainable(hp.trainable, params)
     tx, _ = make_optimizer(hp)
     trainable = trainable_tree(method, state)
     opt_state = tx.init(trainable)
@@ -536,7 +595,8 @@ def make_update_step(method: Method, method_cfg: Any, ctx: Context
         trainable = trainable_tree(method, state)
 
         def objective(tr):
-            fwd = Forward(ctx, tr["params"], state.batch_stats, hp.bn_mode == "train", fwd_rng,
+            params = _frozen_where(hp.trainable, tr["params"], tr["params"])
+            fwd = Forward(ctx, params, state.batch_stats, hp.bn_mode == "train", fwd_rng,
                           hp.flip, state.frozen)
             head = tr.get("head", state.head)
             loss, metrics = method.loss(fwd, head, batch, loss_rng, hp, ctx)
@@ -549,6 +609,7 @@ def make_update_step(method: Method, method_cfg: Any, ctx: Context
 
         (loss, (metrics, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
             trainable)
+        batch_stats = _frozen_where(hp.trainable, batch_stats, state.batch_stats)
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         new = optax.apply_updates(trainable, updates)
         metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()}
