@@ -198,6 +198,12 @@ def run_phase(
     rng = jax.random.PRNGKey(int(cfg.seed) + 1000 * (phase == "pretrain"))
     state = methods.init_state(method, method_cfg, variables, head, rng)
     hp = methods.resolve_hparams(method_cfg, method)
+    if hp.trainable:
+        sizes = jax.tree.map(np.size, state.params)
+        kept = methods.trainable_mask(hp.trainable, sizes)
+        n_train = sum(n for n, k in zip(jax.tree.leaves(sizes), jax.tree.leaves(kept)) if k)
+        _log(f"[{phase}] method.trainable={hp.trainable!r}: training {n_train:,} of "
+             f"{sum(jax.tree.leaves(sizes)):,} backbone parameters")
     start = train_lib.latest_checkpoint_step(workdir, phase)
     if hp.salun_fraction > 0 and start is None:
         # The mask is computed once from the original model; a resumed run restores it with the

@@ -47,6 +47,7 @@ from jaxforget.methods.base import (
     make_update_step,
     normalize_images,
     resolve_hparams,
+    trainable_mask,
     trainable_tree,
 )
 from jaxforget.methods.classification import (
@@ -94,5 +95,6 @@ __all__ = [
     "METHODS", "Context", "Forward", "HParams", "Method", "TrainState", "augment_views",
     "compute_saliency_mask", "get_method", "get_saliency_mask", "init_state", "make_optimizer",
     "make_schedule", "make_update_step", "normalize_images", "resolve_hparams",
-    "saliency_mask_transform", "set_saliency_mask", "top_fraction_mask", "trainable_tree",
+    "saliency_mask_transform", "set_saliency_mask", "top_fraction_mask", "trainable_mask",
+    "trainable_tree",
 ]
