@@ -31,9 +31,11 @@ compilation)::
 ``--views 1`` turns on ``augmented_views`` (dispersion across two augmented views per image),
 ``--salun F`` the SalUn mask (top fraction F of weights by the hard-dispersion gradient over two
 forget batches), ``--retain_weights W`` a distillation term on 2,000 CelebA-subset faces,
-``--set FIELD=VALUE`` any other method field, ``--method`` another method and ``--neighbours``
-the nearest-neighbour cosines of the forget train / test images at every evaluation. The measured table and the values chosen for the test are in the commit that
-added ``tests/test_realface.py``.
+``--set FIELD=VALUE`` any other method field (``project=True`` projects first, as the runner
+does; ``trainable=linear1/`` trains the output layer only), ``--method`` another method and
+``--neighbours`` the nearest-neighbour cosines of the forget train / test images at every
+evaluation. The measured tables and the values the test uses are in docs/RESULTS.md, sections 2
+and 3e.
 """
 
 from __future__ import annotations
