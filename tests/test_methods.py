@@ -209,6 +209,21 @@ def test_trainable_pattern_leaves_the_trained_leaves_gradient_unchanged():
                            variables["params"]["Conv_0"]["kernel"])
 
 
+def test_salun_with_trainable_ranks_only_the_trainable_leaves():
+    """salun_fraction is a fraction of the trainable elements; frozen leaves are never kept."""
+    _, variables, head, ctx = _setup()
+    method = M.get_method("hard_disp")
+    cfg = {"trainable": "Dense_0/", "salun_fraction": 0.5}
+    state = M.init_state(method, cfg, variables, head, _key(0))
+    mask = M.compute_saliency_mask(method, ctx, state, [_part(0, FORGET)], 0.5,
+                                   loss="dispersion", method_cfg=cfg)["params"]
+    n_dense = sum(int(np.size(x)) for x in jax.tree.leaves(variables["params"]["Dense_0"]))
+    n_kept = sum(int(np.sum(m)) for m in jax.tree.leaves(mask["Dense_0"]))
+    assert n_kept == int(np.ceil(0.5 * n_dense))
+    for frozen in ("Conv_0", "BatchNorm_0"):
+        assert not any(bool(np.any(m)) for m in jax.tree.leaves(mask[frozen]))
+
+
 @pytest.mark.parametrize("pattern, message", [("Dense_0/(", "not a valid regular expression"),
                                               ("linear1/", "matches no backbone parameter")])
 def test_bad_trainable_pattern_names_the_field(pattern, message):

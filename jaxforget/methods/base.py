@@ -442,6 +442,13 @@ def trainable_mask(pattern: str, tree: PyTree) -> PyTree:
     return jax.tree_util.tree_map_with_path(lambda p, _: bool(regex.search(_path_str(p))), tree)
 
 
+def trainable_leaves(pattern: str, tree: Mapping[str, PyTree]) -> dict[str, PyTree]:
+    """:func:`trainable_mask` over a :func:`trainable_tree`-shaped dict: the backbone ``'params'``
+    follow ``pattern``; the head, when trained, always trains."""
+    return {k: (trainable_mask(pattern, v) if k == "params" else jax.tree.map(lambda _: True, v))
+            for k, v in tree.items()}
+
+
 def check_trainable(pattern: str, params: PyTree) -> None:
     """Raises when ``method.trainable`` matches no backbone parameter (the run would train
     nothing); the message lists the model's top-level modules."""
@@ -458,8 +465,7 @@ def _freeze_transform(pattern: str) -> optax.GradientTransformation:
 
     def update_fn(updates, state, params=None):
         del params
-        keep = {k: (trainable_mask(pattern, v) if k == "params"
-                    else jax.tree.map(lambda _: True, v)) for k, v in updates.items()}
+        keep = trainable_leaves(pattern, updates)
         return jax.tree.map(lambda u, m: u if m else jnp.full_like(u, -0.0), updates, keep), state
 
     return optax.GradientTransformation(lambda params: optax.EmptyState(), update_fn)

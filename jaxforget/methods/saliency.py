@@ -79,22 +79,27 @@ def set_saliency_mask(opt_state: PyTree, mask: PyTree) -> PyTree:
     return optax.tree_utils.tree_set(opt_state, saliency_mask=mask)
 
 
-def top_fraction_mask(scores: PyTree, fraction: float) -> PyTree:
+def top_fraction_mask(scores: PyTree, fraction: float, eligible: PyTree | None = None) -> PyTree:
     """Boolean tree marking the top ``fraction`` of all elements of ``scores`` (global ranking).
 
     Exactly ``ceil(fraction * n)`` elements are kept, ties broken by position (stable order), so
     the kept fraction is exact even when many scores are equal (e.g. zero gradients).
+    ``eligible``: optional tree of Python bools shaped like ``scores``' leaves; only the elements
+    of eligible leaves are ranked and counted in ``n`` (the others are never kept).
     """
     if not 0.0 < fraction <= 1.0:
         raise ValueError(f"SalUn: salun_fraction must be in (0, 1], got {fraction}.")
     leaves, treedef = jax.tree.flatten(scores)
-    flat = jnp.concatenate([jnp.ravel(jnp.asarray(x, jnp.float32)) for x in leaves])
-    n = flat.shape[0]
+    ok = [True] * len(leaves) if eligible is None else jax.tree.leaves(eligible)
+    flat = jnp.concatenate([jnp.ravel(jnp.asarray(x, jnp.float32) if e else
+                                      jnp.full(jnp.shape(x), -jnp.inf, jnp.float32))
+                            for x, e in zip(leaves, ok)])
+    n = sum(int(np.size(x)) for x, e in zip(leaves, ok) if e)
     k = int(min(n, max(1, int(np.ceil(fraction * n)))))
-    if k == n:
+    if k == flat.shape[0]:
         return jax.tree.map(lambda x: jnp.ones(jnp.shape(x), bool), scores)
     order = jnp.argsort(-flat, stable=True)
-    keep = jnp.zeros((n,), bool).at[order[:k]].set(True)
+    keep = jnp.zeros(flat.shape, bool).at[order[:k]].set(True)
     out, start = [], 0
     for x in leaves:
         size = int(np.prod(jnp.shape(x)))
@@ -118,7 +123,8 @@ def compute_saliency_mask(method, ctx, state, forget_batches: Iterable[Mapping[s
       loss: the forget loss whose gradient ranks the weights: ``'cosface'`` (CosFace of the true
         labels, the gradient Gradient Ascent follows -- the paper's CFGA choice), ``'dispersion'``
         or ``'hard_dispersion'`` (margin from ``method_cfg``).
-      method_cfg: the method config (only the dispersion margin is read).
+      method_cfg: the method config (the dispersion margin; with ``trainable`` set, only the
+        matching parameters are ranked and ``fraction`` is of their elements).
 
     The network runs with eval-mode BatchNorm; no state is changed. Returns a boolean tree shaped
     like the trained parameters, ready for ``init_state(..., saliency_mask=...)``.
@@ -163,4 +169,6 @@ def compute_saliency_mask(method, ctx, state, forget_batches: Iterable[Mapping[s
     if total is None:
         raise ValueError("compute_saliency_mask: forget_batches was empty; pass at least one "
                          "forget batch (method.salun_batches of them).")
-    return top_fraction_mask(jax.tree.map(jnp.abs, total), fraction)
+    # Rank only what method.trainable lets train.
+    eligible = base.trainable_leaves(hp.trainable, total) if hp.trainable else None
+    return top_fraction_mask(jax.tree.map(jnp.abs, total), fraction, eligible)
