@@ -8,8 +8,8 @@ state, the optax chain and the update step, and :mod:`jaxforget.methods.saliency
 
 Config fields (``config.method.*``, all in :class:`HParams`). Every method reads the optimiser
 fields ``optimizer lr momentum nesterov weight_decay schedule warmup_steps steps step_boundaries
-step_factor clip_norm``, ``bn_mode``, ``trainable``, ``flip``, ``salun_fraction`` and (except finetune, retrain,
-contrastive) the generic retain term ``retain_weight retain_loss``. Method-specific fields:
+step_factor clip_norm``, ``bn_mode``, ``trainable``, ``flip``, ``salun_fraction`` and (except
+finetune, retrain, contrastive) the generic retain term ``retain_weight retain_loss``. Method-specific fields:
 
 =============== ========================== =========================================================
 name            data (``data_needs``)      own fields (method defaults)

@@ -601,6 +601,7 @@ def make_update_step(method: Method, method_cfg: Any, ctx: Context
         trainable = trainable_tree(method, state)
 
         def objective(tr):
+            # Leaves outside method.trainable enter as constants: XLA drops their backward pass.
             params = _frozen_where(hp.trainable, tr["params"], tr["params"])
             fwd = Forward(ctx, params, state.batch_stats, hp.bn_mode == "train", fwd_rng,
                           hp.flip, state.frozen)
