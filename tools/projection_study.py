@@ -13,6 +13,9 @@ forget mAP as a percentage of the original's, forget R@1, forget CS, and the cha
 (points). The train images used for ``n`` are the first ``n`` of each identity in a seeded order.
 The oracle row uses the forget **test** images as well, so it is not a method: it measures
 how much identity the test photos share along their identity's own mean direction.
+``--span_dims 10,20,30`` adds rows that remove, instead of one centroid per identity, the top r
+principal directions of all forget-train embeddings (r = 10 for ten identities spans about the
+centroids; larger r also removes what the train photos of a person vary in).
 """
 
 from __future__ import annotations
@@ -51,7 +54,8 @@ def _metrics(sets: dict, seed: int) -> tuple[float, float, float, float]:
     return f["mAP"], f["R@1"], f["CS"], r["retain_search"]["mAP"]
 
 
-def study(run: pathlib.Path, max_n: int) -> dict[str, tuple[float, float, float, float]]:
+def study(run: pathlib.Path, max_n: int, span_dims: tuple[int, ...] = ()
+          ) -> dict[str, tuple[float, float, float, float]]:
     """``{row: (forget mAP % of original, forget R@1 %, forget CS, retain mAP change in points)}``."""
     cfg, _, sets = experiment.load_stored_sets(run, EVALS, "original")
     seed = int(cfg.seed)
@@ -60,9 +64,14 @@ def study(run: pathlib.Path, max_n: int) -> dict[str, tuple[float, float, float,
     most = int(max(np.unique(ft.labels, return_counts=True)[1]))
     sources = {f"train, n={n}": _first_n(ft, n, seed) for n in range(1, min(max_n, most) + 1)}
     sources["oracle: train + test"] = Embeddings.concatenate([ft, fe])
+    bases = {name: projection.identity_basis(src.emb, src.labels) for name, src in sources.items()}
+    z = ft.emb.astype(np.float64)
+    u = np.linalg.svd((z / np.linalg.norm(z, axis=1, keepdims=True)).T, full_matrices=False)[0]
+    for r in span_dims:
+        bases[f"train span, top {min(r, u.shape[1])} directions"] = u[:, :r]
     out = {}
-    for name, src in sources.items():
-        m = projection.removal_matrix(projection.identity_basis(src.emb, src.labels))
+    for name, basis in bases.items():
+        m = projection.removal_matrix(basis)
         proj = {k: _project(v, m) for k, v in sets.items()}
         fm, fr, cs, rm = _metrics(proj, seed)
         out[name] = (100 * fm / f_map, 100 * fr, cs, 100 * (rm - r_map))
@@ -73,17 +82,20 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", type=pathlib.Path, help="finished run directories")
     ap.add_argument("--max_per_identity", type=int, default=10, help="largest n of train images")
+    ap.add_argument("--span_dims", default="", help="also remove the top r principal directions "
+                    "of all forget-train embeddings (comma-separated r), not one per identity")
     args = ap.parse_args(argv)
     rows: dict[str, list] = {}
     for run in args.runs:
         try:
-            for name, vals in study(run, args.max_per_identity).items():
+            span = tuple(int(r) for r in args.span_dims.split(",") if r)
+            for name, vals in study(run, args.max_per_identity, span).items():
                 rows.setdefault(name, []).append(vals)
         except experiment.UserError as e:
             raise SystemExit(str(e)) from e
         print(f"{run}: done", file=sys.stderr)
     print(f"Identity-subspace projection, mean over {len(args.runs)} run(s)\n")
-    print("| centroids from | runs | forget mAP (% of original) | forget R@1 | forget CS | retain mAP change |")
+    print("| directions from | runs | forget mAP (% of original) | forget R@1 | forget CS | retain mAP change |")
     print("|---|---|---|---|---|---|")
     for name, vals in rows.items():
         v = np.mean(vals, axis=0)
