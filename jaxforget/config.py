@@ -106,6 +106,10 @@ def base_config(method: str = "hard_disp") -> ml_collections.ConfigDict:
         c.method = methods.get_method(method).default_config()
     except (KeyError, ValueError) as e:
         raise ValueError(f"config method.name={method!r}: {e}") from e
+    # The method whose defaults fill c.method (set by configs/<method>.py). Overriding
+    # method.name alone would run another method with these defaults (e.g. GA at hard
+    # dispersion's learning rate), so the runner refuses a method.name that differs.
+    c.config_method = method
     c.method.update(
         dict(
             batch_size=32,  # forget batch; paper: 32 (CelebA), 160 (VGGFace2)

@@ -93,7 +93,11 @@ def make_or_load_split(cfg, source, workdir: pathlib.Path):
     path = workdir / "split.json"
     if path.exists():
         split = splits.Split.load(path)
-        split.check_source(source)
+        try:
+            split.check_source(source)
+        except splits.DataError as e:
+            raise UserError(f"{path} was made for another data set: {e}. Use another --workdir "
+                            "for this data, or delete the folder to start over.") from e
         _log(f"split: reloaded {path}")
         return split
     f = cfg.forget
@@ -114,7 +118,8 @@ def make_or_load_split(cfg, source, workdir: pathlib.Path):
         split = splits.make_split(source.identities, **kwargs)
     except splits.DataError as e:
         raise UserError(f"cannot split {source.name} with forget.*={f.to_dict()}: {e}") from e
-    split.save(path)
+    if shd.is_primary():  # every process draws the same split from the same seed
+        split.save(path)
     _log(
         f"split: {len(split.forget_ids)} forget identities "
         f"({len(split.forget_train())} train / {len(split.forget_test())} test images), "
@@ -426,9 +431,10 @@ def embed_sets(cfg, bundle, variables, source, split, names, distractors, workdi
             progress=f"[{state}] embed {name}",
             total=batches.num_images,
         )
-        tmp = path.with_name(path.stem + ".partial.npz")  # an interruption leaves no torn file
-        out[name].save(tmp)
-        os.replace(tmp, path)
+        if shd.is_primary():
+            tmp = path.with_name(path.stem + ".partial.npz")  # an interruption leaves no torn file
+            out[name].save(tmp)
+            os.replace(tmp, path)
     return out
 
 
@@ -466,7 +472,13 @@ def validate(cfg) -> None:
     try:
         methods.get_method(cfg.method.name)
     except (KeyError, ValueError) as e:
-        raise UserError(f"config field method.name: {e.args[0]}") from e
+        raise UserError(e.args[0]) from e
+    if cfg.method.name != cfg.config_method:
+        raise UserError(
+            f"method.name={cfg.method.name!r}, but this config holds the defaults of "
+            f"{cfg.config_method!r} (learning rate, steps, data needs); use the config of "
+            f"{cfg.method.name!r} instead (configs/{cfg.method.name}.py in this repository, or "
+            f"jaxforget.config.base_config({cfg.method.name!r}) in your own config file).")
     try:
         methods.resolve_hparams(cfg.method, methods.get_method(cfg.method.name))
     except ValueError as e:
@@ -485,6 +497,31 @@ def validate(cfg) -> None:
             f"data.distractors={cfg.data.distractors!r} is not a folder of images; give one, or "
             f"'{OTHER_IDENTITIES}' for the dataset's images of people outside the split."
         )
+    _check_batch_sizes(cfg)
+
+
+def _check_batch_sizes(cfg) -> None:
+    """Batch sizes must be P x K and split evenly over the devices: checked before any work
+    (pretraining and embedding take minutes) rather than when the first batch is drawn."""
+    from jaxforget import methods  # pylint: disable=import-outside-toplevel
+
+    m = cfg.method
+    method = methods.get_method(m.name)
+    k = ("method.images_per_identity", int(m.images_per_identity))
+    fields = {"forget": ("method.batch_size", int(m.batch_size)),
+              "retain": ("method.retain_batch_size", int(m.get("retain_batch_size", m.batch_size)))}
+    todo = [] if method.closed_form else [fields[key] + k for key in method.data_needs(m)]
+    if int(cfg.pretrain.steps) > 0:
+        todo.append(("pretrain.batch_size", int(cfg.pretrain.batch_size),
+                     "pretrain.images_per_identity", int(cfg.pretrain.images_per_identity)))
+    n = jax.device_count()
+    for field, size, k_field, k_value in todo:
+        if k_value < 1 or size % k_value:
+            raise UserError(f"{field}={size} must be a multiple of {k_field}={k_value} (batches "
+                            "are P identities x K images).")
+        if size % n:
+            raise UserError(f"{field}={size} is not divisible by the {n} devices of the "
+                            f"data-parallel mesh; set it to a multiple of {n}.")
 
 
 def build_distractors(cfg, source, split, input_size: tuple[int, int]):
@@ -508,13 +545,60 @@ def build_distractors(cfg, source, split, input_size: tuple[int, int]):
             "data.distractors='other_identities': every image of the data set belongs to a forget "
             "or retain identity; lower retain.max_identities or give a folder of distractors."
         )
-    print(f"distractors: {len(idx)} images of people outside the split")
+    _log(f"distractors: {len(idx)} images of people outside the split")
     return sources.SubsetSource(source, idx)
 
 
 def default_workdir(cfg) -> pathlib.Path:
-    suffix = "_demo" if cfg.data.name == "synthetic" else ""
-    return pathlib.Path("runs") / f"{cfg.method.name}{suffix}"
+    """``runs/<method>_<data>`` (``_demo`` for the synthetic demo): runs on different data sets
+    never share a workdir."""
+    suffix = "demo" if cfg.data.name == "synthetic" else cfg.data.name
+    return pathlib.Path("runs") / f"{cfg.method.name}_{suffix}"
+
+
+# Fields that change only what is reported, how often things are logged or saved, or where shared
+# caches live -- not what a run computes. Re-running a workdir with other values of these goes on
+# with its checkpoints and stored embeddings; any other change is refused (check_workdir_config).
+RERUN_FREE_FIELDS = ("evals", "eval.tsne", "eval.tsne_identities", "eval.index", "train",
+                     "export_torch", "cache_dir", "seeds", "distributed")
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_workdir_config(cfg, workdir: pathlib.Path) -> None:
+    """Refuses to continue a workdir whose stored ``config.json`` has other settings.
+
+    Its split, checkpoints and stored embeddings belong to those settings: going on would resume
+    (or re-report) the old run under the new config's name.
+    """
+    path = workdir / "config.json"
+    if not path.exists():
+        return
+    try:
+        old = _flatten(json.loads(path.read_text()))
+    except ValueError as e:
+        raise UserError(f"{path} is not valid JSON ({e}); delete the workdir or use another "
+                        "--workdir") from e
+    new = _flatten(json.loads(cfg.to_json_best_effort()))
+    free = RERUN_FREE_FIELDS
+    changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>")
+                     and not any(k == f or k.startswith(f + ".") for f in free))
+    if changed:
+        shown = "; ".join(f"{k}: {old.get(k, '<absent>')!r} -> {new.get(k, '<absent>')!r}"
+                          for k in changed[:5])
+        more = f" and {len(changed) - 5} more" if len(changed) > 5 else ""
+        raise UserError(
+            f"{workdir} holds a run with other settings ({shown}{more}); its split, checkpoints "
+            "and embeddings belong to those. Use another --workdir, or delete this one to start "
+            "over.")
 
 
 def run(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None) -> dict:
@@ -540,6 +624,8 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None
             c.seeds = ()
         _log(f"=== seed {s} ===")
         runs.append(run_one(c, workdir / f"seed_{s}"))
+    if not shd.is_primary():
+        return {"runs": runs}
     table = report.aggregate_markdown(report.aggregate(runs))
     (workdir / "results.md").write_text(table + "\n")
     (workdir / "results.json").write_text(json.dumps(report.aggregate(runs), indent=2) + "\n")
@@ -555,7 +641,9 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
 
     t_start = time.perf_counter()
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
+    check_workdir_config(cfg, workdir)
+    if shd.is_primary():
+        (workdir / "config.json").write_text(cfg.to_json_best_effort(indent=2) + "\n")
     mesh = shd.make_mesh()
 
     try:
@@ -618,6 +706,23 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
         "forget_identities": [str(i) for i in split.forget_ids],
         "wall_time_s": round(time.perf_counter() - t_start, 1),
     }
+    # The model first: a later failure (the t-SNE figure, say) must not lose it.
+    out_dir = workdir / "unlearned_model"
+    checkpoint.save_variables(
+        out_dir,
+        variables1,
+        {"model": bundle.config(), "method": m.name, "forgotten": meta["forget_identities"]},
+    )
+    if cfg.export_torch and shd.is_primary():
+        from jaxforget import convert  # pylint: disable=import-outside-toplevel
+
+        sd = convert.flax_to_torch(
+            variables1, bundle.fixed_parameters(), registry.module_order(bundle)
+        )
+        convert.save_torch_state_dict(sd, workdir / "unlearned_backbone.pth")
+    results["meta"] = meta
+    if not shd.is_primary():
+        return results
     json_path, md_path = report.write_results(workdir, results, meta)
 
     if cfg.eval.tsne:
@@ -636,22 +741,8 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
             title=f"{m.name}: forget vs retain identities",
             perplexity=min(30.0, max(5.0, (len(before) - 1) / 4)),
         )
-    out_dir = workdir / "unlearned_model"
-    checkpoint.save_variables(
-        out_dir,
-        variables1,
-        {"model": bundle.config(), "method": m.name, "forgotten": meta["forget_identities"]},
-    )
-    if cfg.export_torch:
-        from jaxforget import convert  # pylint: disable=import-outside-toplevel
-
-        sd = convert.flax_to_torch(
-            variables1, bundle.fixed_parameters(), registry.module_order(bundle)
-        )
-        convert.save_torch_state_dict(sd, workdir / "unlearned_backbone.pth")
     print(md_path.read_text())
     _log(f"wrote {json_path}, {md_path}, {out_dir} in {meta['wall_time_s']:.0f}s")
-    results["meta"] = meta
     return results
 
 

@@ -21,8 +21,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string(
     "workdir",
     None,
-    "Where checkpoints, metrics and results go (default: runs/<method>[_demo]);"
-    " re-running on the same workdir resumes.",
+    "Where checkpoints, metrics and results go (default: runs/<method>_<data>, _demo for the"
+    " demo); re-running on the same workdir with the same settings resumes.",
 )
 
 
@@ -32,17 +32,40 @@ def _main(argv) -> None:
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from jaxforget import experiment  # pylint: disable=import-outside-toplevel
+    from jaxforget import train  # pylint: disable=import-outside-toplevel
 
     try:
         experiment.run(_CONFIG.value, _WORKDIR.value)
     except experiment.UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
+    except train.NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(3)
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's parser, with a bad ``--config.<field>=<value>`` turned into a one-line error (the
+    config flag reports a misspelt field as a bare AttributeError/KeyError traceback)."""
+    try:
+        return flags.FLAGS(argv)
+    except flags.Error as e:
+        lines = [ln for ln in str(e).splitlines() if ln.strip()]
+        if any(ln.startswith("Traceback") for ln in lines):  # a config file that raised
+            lines = [lines[0], lines[-1]]
+        print("error: " + "\n".join(lines) + "\nPass --helpfull to see the flags.", file=sys.stderr)
+        sys.exit(1)
+    except (AttributeError, KeyError, TypeError, ValueError) as e:
+        bad = [a for a in argv[1:] if a.startswith("--config.")]
+        print(f"error: cannot apply {' '.join(bad) or 'the --config flags'}: {e}. Config fields "
+              "are listed, with their meaning, in jaxforget/config.py (base_config); configs are "
+              "locked, so a field that does not exist there is refused.", file=sys.stderr)
+        sys.exit(2)
 
 
 def run() -> None:
     flags.mark_flag_as_required("config")
-    app.run(_main)
+    app.run(_main, flags_parser=_parse_flags)
 
 
 if __name__ == "__main__":

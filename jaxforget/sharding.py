@@ -41,12 +41,25 @@ def check_divisible(batch_size: int, mesh: jax.sharding.Mesh, what: str) -> None
 
 
 def shard_batch(batch, mesh: jax.sharding.Mesh):
-    """Places a host batch (nested dict of numpy arrays) on the mesh, split along axis 0."""
+    """Places a **global** batch (nested dict of numpy arrays, axis 0 = examples) on the mesh,
+    split along axis 0.
+
+    Every process holds the whole global batch (the input pipeline is deterministic in its seed,
+    so all hosts draw the same one) and places only the rows of its own devices; no example is
+    fed twice, and the dispersion positives of one identity may sit on different hosts.
+    """
     sharding = batch_sharded(mesh)
-    # On one host this is a plain device_put; on several, each host passes its own slice.
-    return jax.tree.map(
-        lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), batch
-    )
+
+    def place(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+
+    return jax.tree.map(place, batch)
+
+
+def is_primary() -> bool:
+    """True in the process that writes files (process 0; the only one on a single host)."""
+    return jax.process_index() == 0
 
 
 def replicate(tree, mesh: jax.sharding.Mesh):
@@ -59,8 +72,8 @@ def maybe_initialize_distributed(
     """Multi-host start-up: `jax.distributed.initialize` when a coordinator is configured.
 
     On Cloud TPU and SLURM clusters JAX finds the settings itself when `coordinator_address` is
-    'auto'. Each host then feeds its own slice of the global batch; `jax.make_array_from_process_local_data`
-    assembles it.
+    'auto'. Each host then builds the same global batch and places its own devices' rows of it
+    (`shard_batch`); only process 0 writes results, embeddings and logs.
     """
     if not coordinator_address:
         return

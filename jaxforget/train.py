@@ -36,10 +36,23 @@ class NonFiniteError(RuntimeError):
 class MetricWriter:
     """JSONL metrics, plus TensorBoard events when a light writer (tensorboardX) is installed."""
 
-    def __init__(self, workdir: pathlib.Path, phase: str, tensorboard: bool = True):
+    def __init__(self, workdir: pathlib.Path, phase: str, tensorboard: bool = True,
+                 resume_step: int = 0):
         workdir.mkdir(parents=True, exist_ok=True)
         self.path = workdir / f"metrics_{phase}.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8")
+        # A resumed run repeats the steps after its checkpoint: drop their old records, so each
+        # step is logged once (and a run restarted from scratch starts a fresh file).
+        kept = []
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                try:
+                    if int(json.loads(line)["step"]) <= resume_step:
+                        kept.append(line + "\n")
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line from an interruption
+        self._file = open(self.path, "w", encoding="utf-8")
+        self._file.writelines(kept)
+        self._file.flush()
         self._tb = None
         if tensorboard:
             try:
@@ -139,7 +152,7 @@ def train_loop(
             args[f"iter_{key}"] = grain.checkpoint.CheckpointSave(it)
         manager.save(step, args=ocp.args.Composite(**args))
 
-    writer = MetricWriter(workdir, phase)
+    writer = MetricWriter(workdir, phase, resume_step=start) if shd.is_primary() else None
     t0 = time.perf_counter()
     end = steps if stop_after is None else min(steps, start + stop_after)
     try:
@@ -153,16 +166,20 @@ def train_loop(
             t_end = time.perf_counter()
             bad = [k for k in ("loss", "grad_norm") if k in metrics and not _is_finite(metrics[k])]
             if bad:
+                last = manager.latest_step()
+                kept = (f"the last good checkpoint (step {last}) is kept in {ckpt_dir}" if last
+                        is not None else "no checkpoint had been written yet, so a re-run starts "
+                        "over")
                 raise NonFiniteError(
                     f"[{phase}] step {step + 1}: non-finite {', '.join(f'{k}={metrics[k]}' for k in bad)}."
-                    f" Training stopped; the last good checkpoint (step {manager.latest_step()}) is kept"
-                    f" in {ckpt_dir}. Lower method.lr or set method.clip_norm, then re-run to resume."
-                )
+                    f" Training stopped; {kept}. Lower method.lr or set method.clip_norm, then"
+                    " re-run.")
             metrics["step_time_s"] = t_end - t_step
             metrics["data_wait_s"] = t_step - t_data
             if hook is not None and hook_every and (step + 1) % hook_every == 0:
                 metrics.update(hook(step + 1, state))
-            if (step + 1) % log_every == 0 or step + 1 == end or step == start:
+            if writer is not None and ((step + 1) % log_every == 0 or step + 1 == end
+                                       or step == start):
                 writer.write(step + 1, metrics)
                 _progress(phase, step + 1, steps, metrics, t0, start)
             if (step + 1) % checkpoint_every == 0 or step + 1 == end:
@@ -170,7 +187,8 @@ def train_loop(
     finally:
         manager.wait_until_finished()
         manager.close()
-        writer.close()
+        if writer is not None:
+            writer.close()
     return state
 
 

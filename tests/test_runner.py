@@ -1,5 +1,6 @@
 """The experiment runner: end-to-end run, resume after interruption, data parallelism, errors."""
 
+import copy
 import importlib.util
 import json
 import pathlib
@@ -75,6 +76,16 @@ def test_one_step_end_to_end(tmp_path):
     # The base model was cached and is reused by a second experiment.
     assert len(list((tmp_path / "cache" / "base_models").iterdir())) == 1
     assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 1
+    # The same workdir with other settings is refused (it would report the old run's numbers);
+    # settings that only change reporting are not.
+    c2 = copy.deepcopy(c)
+    c2.method.lr = 0.5
+    with pytest.raises(experiment.UserError,
+                       match=rf"other settings \(method.lr: {c.method.lr} -> 0.5\)"):
+        experiment.run(c2, tmp_path / "run")
+    c3 = copy.deepcopy(c)
+    c3.eval.tsne, c3.train.log_every = True, 7
+    experiment.check_workdir_config(c3, tmp_path / "run")
 
 
 def test_closed_form_projection_run(tmp_path):
@@ -164,6 +175,10 @@ def test_resume_after_interruption_matches_uninterrupted(tmp_path, method_name):
     assert train_lib.latest_checkpoint_step(tmp_path / "b", "unlearn") == 3
     resumed = _run(c, bundle, variables, source, split, tmp_path / "b")
     assert int(resumed.step) == 5
+    # Every step is logged once, although step 3 ran twice (before and after the interruption).
+    logged = [json.loads(s)["step"] for s in
+              (tmp_path / "b" / "metrics_unlearn.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5]
     for a, b in zip(jax.tree.leaves(full.params), jax.tree.leaves(resumed.params)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     for a, b in zip(jax.tree.leaves(full.batch_stats), jax.tree.leaves(resumed.batch_stats)):
@@ -211,6 +226,11 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path):
                              iterators={"forget": its["forget"]}, workdir=tmp_path, steps=10,
                              mesh=mesh, checkpoint_every=1)
     assert train_lib.latest_checkpoint_step(tmp_path, "x") == 2
+    calls["n"] = 0
+    with pytest.raises(train_lib.NonFiniteError, match=r"no checkpoint had been written yet"):
+        train_lib.train_loop(phase="y", state={"w": np.zeros(2)}, update_fn=update,
+                             iterators={"forget": its["forget"]}, workdir=tmp_path, steps=10,
+                             mesh=mesh, checkpoint_every=5)
 
 
 def test_unknown_method_is_a_clear_error():
@@ -220,6 +240,32 @@ def test_unknown_method_is_a_clear_error():
     c.method.name = "nope"
     with pytest.raises(experiment.UserError, match="method.name"):
         experiment.validate(c)
+
+
+def test_config_mistakes_are_caught_before_any_work(tmp_path):
+    c = tiny_config()
+    c.method.name = "ga"  # the file's defaults (lr, steps) are hard dispersion's
+    with pytest.raises(experiment.UserError, match=r"defaults of 'hard_disp'.*configs/ga.py"):
+        experiment.validate(c)
+    c = tiny_config()
+    c.method.batch_size = 10  # not P x K with K = 4
+    with pytest.raises(experiment.UserError, match=r"method.batch_size=10 must be a multiple of "
+                                                   r"method.images_per_identity=4"):
+        experiment.validate(c)
+    c = tiny_config()
+    c.pretrain.batch_size = 4 * (jax.device_count() + 1) + 2
+    with pytest.raises(experiment.UserError, match=r"pretrain.batch_size"):
+        experiment.validate(c)
+    assert experiment.default_workdir(tiny_config()).name == "hard_disp_demo"
+    assert experiment.default_workdir(config_lib.finalize(
+        config_lib.base_config("ga"), "orl")).name == "ga_orl"
+
+
+def test_split_of_another_data_set_is_a_clear_error(tmp_path):
+    c = tiny_config()
+    experiment.make_or_load_split(c, synthetic.SyntheticFaces(16, 6, (16, 16), seed=0), tmp_path)
+    with pytest.raises(experiment.UserError, match=r"split.json was made for another data set"):
+        experiment.make_or_load_split(c, synthetic.SyntheticFaces(12, 6, (16, 16)), tmp_path)
 
 
 def test_missing_data_path_names_the_field(tmp_path):
@@ -237,8 +283,8 @@ def test_cli_rejects_unknown_config_field(tmp_path):
         [sys.executable, "-m", "jaxforget.main", "--config=configs/hard_disp.py:demo",
          f"--workdir={tmp_path}", "--config.method.no_such_field=1"],
         capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert r.returncode != 0
-    assert "no_such_field" in r.stderr
+    assert r.returncode == 2
+    assert "no_such_field" in r.stderr and "Traceback" not in r.stderr
 
 
 def test_cli_missing_data_is_a_one_line_error(tmp_path):

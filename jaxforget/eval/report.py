@@ -149,10 +149,11 @@ def write_results(
     data = {k: v for k, v in results.items() if k != "meta"}
     data["meta"] = dict(meta or results.get("meta", {}) or {})
     data = _jsonable(data)
-    jp = wd / "results.json"
-    jp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n")
-    mp = wd / "results.md"
-    mp.write_text(results_markdown(data) + "\n")
+    jp, mp = wd / "results.json", wd / "results.md"
+    for path, text in ((jp, json.dumps(data, indent=2, sort_keys=False)), (mp, results_markdown(data))):
+        tmp = path.with_name(path.name + ".partial")  # an interruption leaves no torn file
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
     return jp, mp
 
 
