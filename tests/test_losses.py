@@ -274,6 +274,17 @@ def test_lipschitz_loss_matches_reference():
     loss, grad = jax.jit(jax.value_and_grad(lambda v: L.lipschitz_loss(const, v, rng, 2, 0.1)))(x)
     assert float(loss) == 0.0
     chex.assert_tree_all_finite(grad)
+    # bfloat16 images: the ratio divides by the perturbation the network saw (x + e rounds to
+    # bfloat16), not by the drawn noise e.
+    # Pixels in [-1, 1] and a small sigma, where the rounding is a large part of the noise.
+    xb = jax.random.uniform(jax.random.key(6), x.shape, minval=-1, maxval=1).astype(jnp.bfloat16)
+    got = float(L.lipschitz_loss(embed, xb, rng, 4, 0.01))  # eager: same roundings as below
+    xb32 = np.asarray(xb, np.float32)
+    zx = _np_normalize(np.asarray(embed(xb32)))
+    noisy = np.asarray(xb + 0.01 * jax.random.normal(rng, (4,) + x.shape, jnp.bfloat16), np.float32)
+    ratios = [np.linalg.norm(_np_normalize(np.asarray(embed(noisy[k]))) - zx, axis=1)
+              / np.linalg.norm((noisy[k] - xb32).reshape(3, -1), axis=1) for k in range(4)]
+    np.testing.assert_allclose(got, np.mean(ratios), rtol=1e-4)
 
 
 def _naive_contrastive(zf, yf, zr, yr, t):

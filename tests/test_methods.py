@@ -136,6 +136,16 @@ def test_schedules_follow_config():
     sched = M.make_schedule(hp)
     assert float(sched(49)) == 1.0
     np.testing.assert_allclose(float(sched(51)), 0.1, rtol=1e-6)
+    # A boundary inside the warm-up applies from its end; the later one still applies.
+    hp = M.resolve_hparams({"lr": 1.0, "schedule": "step", "steps": 100, "warmup_steps": 60,
+                            "step_boundaries": (0.5, 0.75), "step_factor": 0.1})
+    sched = M.make_schedule(hp)
+    np.testing.assert_allclose([float(sched(s)) for s in (30, 60, 74, 75, 99)],
+                               [0.5, 0.1, 0.1, 0.01, 0.01], rtol=1e-6)
+    # Boundaries that round to the same step multiply.
+    hp = M.resolve_hparams({"lr": 1.0, "schedule": "step", "steps": 2,
+                            "step_boundaries": (0.5, 0.6), "step_factor": 0.1})
+    np.testing.assert_allclose(float(M.make_schedule(hp)(1)), 0.01, rtol=1e-6)
 
 
 def test_salun_masked_elements_bit_identical_after_many_steps():
@@ -316,3 +326,24 @@ def test_sharded_batch_update_matches_unsharded():
                            NamedSharding(mesh, P()))
     _, out = update(state, sharded)
     np.testing.assert_allclose(float(out["loss"]), float(ref["loss"]), rtol=1e-5, atol=1e-6)
+
+
+def test_augmented_views_respect_flip():
+    from jaxforget.methods.dispersion import augment_views
+
+    images = jax.random.randint(jax.random.key(0), (3, 8, 6, 3), 0, 256).astype(jnp.uint8)
+    x = np.asarray(images, np.float32)
+    # No translation, no jitter: every view is the image, or its mirror when flips are on.
+    still = np.asarray(augment_views(jax.random.key(1), images, 8, 0.0, 0.0, flip=False))
+    np.testing.assert_array_equal(still, np.broadcast_to(x, still.shape))
+    views = np.asarray(augment_views(jax.random.key(1), images, 8, 0.0, 0.0, flip=True))
+    mirrored = np.all(views == x[None, :, :, ::-1], axis=(2, 3, 4))
+    same = np.all(views == x[None], axis=(2, 3, 4))
+    assert np.all(mirrored | same) and mirrored.any() and same.any()
+
+
+def test_retain_loss_is_refused_where_the_method_has_its_own_retain_term():
+    with pytest.raises(ValueError, match=r"method.retain_loss='distill'.*'contrastive'"):
+        M.resolve_hparams({"retain_loss": "distill"}, M.get_method("contrastive"))
+    assert M.resolve_hparams({"retain_loss": "distill"},
+                             M.get_method("hard_disp")).retain_loss == "distill"

@@ -128,11 +128,13 @@ def lipschitz_loss(embed_fn: EmbedFn, x: Array, rng: Array, num_draws: int, sigm
     if num_draws < 1:
         raise ValueError(f"lipschitz_loss: num_draws must be >= 1, got {num_draws}.")
     b = x.shape[0]
-    noise = sigma * jax.random.normal(rng, (num_draws,) + x.shape, x.dtype)
-    stacked = jnp.concatenate([x[None], x[None] + noise], axis=0).reshape((-1,) + x.shape[1:])
+    noisy = x[None] + sigma * jax.random.normal(rng, (num_draws,) + x.shape, x.dtype)
+    stacked = jnp.concatenate([x[None], noisy], axis=0).reshape((-1,) + x.shape[1:])
     z = l2_normalize(embed_fn(stacked).astype(jnp.float32)).reshape(num_draws + 1, b, -1)
     dz = _safe_norm(z[1:] - z[0][None], axis=-1)                      # (n, B)
-    de = _safe_norm(noise.reshape(num_draws, b, -1), axis=-1)         # (n, B)
+    # The perturbation the model saw (in bfloat16, x + noise rounds), not the drawn noise.
+    applied = (noisy.astype(jnp.float32) - x[None].astype(jnp.float32)).reshape(num_draws, b, -1)
+    de = _safe_norm(applied, axis=-1)                                 # (n, B)
     per_sample = jnp.mean(dz / de, axis=0)
     return _masked_mean(per_sample, mask)
 

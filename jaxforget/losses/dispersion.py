@@ -13,12 +13,16 @@ sweep over margins does not retrace).
 
 Numerical care, so the losses are safe to differentiate anywhere:
 
-* ``l2_normalize`` multiplies by ``rsqrt(max(|x|^2, eps))``; a zero vector maps to zero with a zero
-  (not NaN) gradient.
+* ``l2_normalize`` multiplies by ``rsqrt(max(|x|^2, eps))``; a zero vector maps to zero, and its
+  gradient there is finite (``rsqrt(eps)`` times the identity: large, but never NaN).
 * Masked-out entries are removed with ``jnp.where`` on values that are always finite (cosines in
   ``[-1, 1]``, fill value ``-2`` for the hardest-positive search), so no ``inf * 0`` can reach a
   gradient.
 * When no anchor has a positive the loss is exactly 0 and every gradient is exactly 0.
+* A fully collapsed identity (all its embeddings equal, cosine 1) is a stationary point of both
+  losses: the gradient of ``z_i . z_p`` through the normalisation is orthogonal to ``z_i``, which
+  is where ``z_p`` points. Real embeddings are never exactly collapsed, so this only matters for
+  synthetic inputs.
 
 Beyond the paper, ``multiview_dispersion_loss`` disperses several augmented views of each image
 (SimCLR-style, the paper's "future work"); see its docstring for the choice of positives.
@@ -40,7 +44,7 @@ _NO_POSITIVE_FILL = -2.0
 
 
 def l2_normalize(x: Array, axis: int = -1, eps: float = _NORM_EPS) -> Array:
-    """``x / ||x||`` along ``axis``, NaN-free: a zero vector stays zero with a zero gradient."""
+    """``x / ||x||`` along ``axis``, NaN-free: a zero vector stays zero (finite gradient)."""
     x = jnp.asarray(x)
     sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis, keepdims=True)
     return (x * jax.lax.rsqrt(jnp.maximum(sq, eps))).astype(x.dtype)

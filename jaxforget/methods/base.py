@@ -203,7 +203,12 @@ def resolve_hparams(method_cfg: Any, method: "Method | None" = None) -> HParams:
         except (TypeError, ValueError):
             raise ValueError(f"config method.{name}={value!r}: expected a "
                              f"{type(default).__name__} like {default!r}.") from None
-    return HParams(**out)
+    hp = HParams(**out)
+    if method is not None and not method.generic_retain and hp.retain_loss != "cosface":
+        raise ValueError(f"config method.retain_loss={hp.retain_loss!r}: method {method.name!r} "
+                         "has its own retain term (CosFace on retain samples); retain_loss "
+                         "applies to the methods with the generic retain term.")
+    return hp
 
 
 # --------------------------------------------------------------------------------------------
@@ -397,8 +402,14 @@ def make_schedule(hp: HParams) -> optax.Schedule:
     elif hp.schedule == "linear":
         main = optax.linear_schedule(hp.lr, 0.0, rest)
     else:
-        bounds = {int(round(f * hp.steps)) - warm: hp.step_factor for f in hp.step_boundaries}
-        main = optax.piecewise_constant_schedule(hp.lr, {b: v for b, v in bounds.items() if b > 0})
+        # Boundaries are fractions of all steps; the main schedule counts from the end of the
+        # warm-up. A boundary inside the warm-up applies from its end; boundaries that round to
+        # the same step multiply.
+        scales: dict[int, float] = {}
+        for f in hp.step_boundaries:
+            b = max(int(round(f * hp.steps)) - warm, 0)
+            scales[b] = scales.get(b, 1.0) * hp.step_factor
+        main = optax.piecewise_constant_schedule(hp.lr * scales.pop(0, 1.0), scales)
     if warm == 0:
         return main
     return optax.join_schedules([optax.linear_schedule(0.0, hp.lr, warm), main], [warm])

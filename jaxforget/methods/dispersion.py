@@ -20,10 +20,11 @@ from jaxforget.methods.base import HParams, Method, forget_valid, normalize_imag
 
 
 def augment_views(rng: jax.Array, images: jax.Array, num_views: int, crop: float,
-                  jitter: float) -> jax.Array:
+                  jitter: float, flip: bool = True) -> jax.Array:
     """``(V, B, H, W, 3)`` float32 pixel-space (0..255) augmented views of uint8 images.
 
-    Each view of each image gets its own flip, translation and colour jitter.
+    Each view of each image gets its own translation, colour jitter and (with ``flip``, the
+    method's ``flip`` field) random horizontal flip.
     """
     b, h, w, _ = images.shape
     x = images.astype(jnp.float32)
@@ -36,7 +37,7 @@ def augment_views(rng: jax.Array, images: jax.Array, num_views: int, crop: float
         dx = jax.random.randint(k_dx, (b,), 0, 2 * pad_w + 1)
         shifted = jax.vmap(
             lambda img, y0, x0: jax.lax.dynamic_slice(img, (y0, x0, 0), (h, w, 3)))(padded, dy, dx)
-        view = random_flip(k_flip, shifted)
+        view = random_flip(k_flip, shifted) if flip else shifted
         bright = jax.random.uniform(k_b, (b, 1, 1, 1), minval=1 - jitter, maxval=1 + jitter)
         contrast = jax.random.uniform(k_c, (b, 1, 1, 1), minval=1 - jitter, maxval=1 + jitter)
         view = view * bright
@@ -54,7 +55,8 @@ def make_dispersion_loss(hard: bool, always_views: bool):
         labels = part["label"]
         valid = forget_valid(part)
         if always_views or hp.augmented_views:
-            views = augment_views(rng, part["image"], hp.num_views, hp.view_crop, hp.view_jitter)
+            views = augment_views(rng, part["image"], hp.num_views, hp.view_crop, hp.view_jitter,
+                                  hp.flip)
             v, b = views.shape[:2]
             x = normalize_images(views.reshape((v * b,) + views.shape[2:]), ctx)
             z = fwd.embed(x).reshape(v, b, -1)

@@ -153,8 +153,10 @@ def compute_saliency_mask(method, ctx, state, forget_batches: Iterable[Mapping[s
             value = losses.margin_loss(z, head, labels, ctx.head_s, ctx.head_m, ctx.head_kind,
                                        valid)
             return value * count
+        # Like CosFace above: the batch mean times the batch's valid samples, so batches of
+        # different sizes weigh in proportion to their images.
         fn = losses.dispersion_loss if loss == "dispersion" else losses.hard_dispersion_loss
-        return fn(z, labels, hp.margin, valid)
+        return fn(z, labels, hp.margin, valid) * count
 
     grad_fn = jax.jit(jax.grad(summed_loss))
     total = None
