@@ -265,11 +265,19 @@ def _cache_key(cfg, split, *extra) -> str:
     """Everything the base model (and so the original embeddings) depends on."""
     model = cfg.model.to_dict()
     if model.get("init"):
-        model["init"] = str(pathlib.Path(model["init"]).expanduser().resolve())
+        init = pathlib.Path(model["init"]).expanduser().resolve()
+        model["init"] = str(init)
+        if init.is_file():  # re-converted weights at the same path are another base model
+            st = init.stat()
+            model["init_file"] = [st.st_size, st.st_mtime_ns]
+    data = cfg.data.to_dict()
+    for key in ("root", "annotations", "landmarks"):
+        if data.get(key):
+            data[key] = str(pathlib.Path(data[key]).expanduser().resolve())
     blob = json.dumps(
         {
             "model": model,
-            "data": cfg.data.to_dict(),
+            "data": data,
             "pretrain": cfg.pretrain.to_dict(),
             "head": cfg.head.to_dict(),
             "split": split.to_json(),
