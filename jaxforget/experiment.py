@@ -497,6 +497,10 @@ def validate(cfg) -> None:
             " by tools/convert_insightface.py, an InsightFace .pth or a MobileFaceNet"
             " .ckpt (or leave it empty for random weights / config.pretrain)."
         )
+    if cfg.data.name not in config_lib.DATA_HELP:
+        raise UserError(f"config field data.name={cfg.data.name!r} is not a known data set; use "
+                        f"one of {', '.join(config_lib.DATA_HELP)} ('folder': one sub-folder of "
+                        "images per identity).")
     if cfg.data.name != "synthetic":
         _require_path(cfg.data.root, "data.root", cfg.data.name)
     if (cfg.data.distractors and cfg.data.distractors != OTHER_IDENTITIES

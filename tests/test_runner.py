@@ -256,6 +256,10 @@ def test_config_mistakes_are_caught_before_any_work(tmp_path):
     c.pretrain.batch_size = 4 * (jax.device_count() + 1) + 2
     with pytest.raises(experiment.UserError, match=r"pretrain.batch_size"):
         experiment.validate(c)
+    c = tiny_config()
+    c.data.name = "celebA"
+    with pytest.raises(experiment.UserError, match=r"data.name='celebA' is not a known data set"):
+        experiment.validate(c)
     assert experiment.default_workdir(tiny_config()).name == "hard_disp_demo"
     assert experiment.default_workdir(config_lib.finalize(
         config_lib.base_config("ga"), "orl")).name == "ga_orl"
