@@ -274,6 +274,10 @@ def _cache_key(cfg, split, *extra) -> str:
     for key in ("root", "annotations", "landmarks"):
         if data.get(key):
             data[key] = str(pathlib.Path(data[key]).expanduser().resolve())
+    if data.get("name") == "synthetic":
+        from jaxforget.data import synthetic  # pylint: disable=import-outside-toplevel
+
+        data["generator_version"] = synthetic.GENERATOR_VERSION
     blob = json.dumps(
         {
             "model": model,

@@ -21,6 +21,10 @@ import numpy as np
 
 from jaxforget.data.sources import FaceSource, _as_size
 
+# Bump whenever a change to this file changes any rendered image: the runner's caches (base models
+# trained on synthetic identities, their embeddings) are keyed by it.
+GENERATOR_VERSION = 1
+
 # Identity parameter names (columns of SyntheticFaces.identity_params).
 _ID_FIELDS = (
     "face_w", "face_h", "jaw",                       # outline
