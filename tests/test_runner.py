@@ -86,6 +86,16 @@ def test_one_step_end_to_end(tmp_path):
     c3 = copy.deepcopy(c)
     c3.eval.tsne, c3.train.log_every = True, 7
     experiment.check_workdir_config(c3, tmp_path / "run")
+    # A deletion request: only the deliverables stay, and the shared cache forgets the split.
+    purge = _load_tool("purge_run")
+    assert purge.main([str(tmp_path / "run")]) == 0  # a dry run deletes nothing
+    assert (tmp_path / "run" / "checkpoints").exists()
+    assert purge.main([str(tmp_path / "run"), "--yes"]) == 0
+    left = sorted(p.name for p in (tmp_path / "run").iterdir())
+    assert "unlearned_model" in left and "results.json" in left
+    assert not {"checkpoints", "embeddings", "split.json"} & set(left)
+    assert not list((tmp_path / "cache" / "embeddings").iterdir())
+    assert not list((tmp_path / "cache" / "base_models").iterdir())
 
 
 def test_closed_form_projection_run(tmp_path):
