@@ -43,6 +43,10 @@ def test_recall_at_k_hand_case():
     exact = np.array([[1, 2, 3], [4, 5, 6]])
     approx = np.array([[3, 2, 9], [-1, -1, -1]])
     assert I.recall_at_k(approx, exact) == pytest.approx(2 / 6)
+    # A gallery of 2 searched with k = 3: the exact list is padded with -1, which never counts.
+    exact = np.array([[7, 8, -1]])
+    assert I.recall_at_k(np.array([[8, 7, -1]]), exact) == 1.0
+    assert I.recall_at_k(np.array([[8, -1, -1]]), exact) == 0.5
 
 
 def test_config_errors():

@@ -9,7 +9,8 @@ them on the device inside jitted code with :func:`normalize` and the model's con
 
 Training (:func:`train_dataset`): batch ``b`` holds ``P`` distinct identities x ``K`` images.
 Identities are visited epoch by epoch in a seeded permutation (``len(identities) // P`` batches an
-epoch; the remainder waits for the next epoch's permutation). An identity with at least ``K``
+epoch; the last ``len(identities) % P`` of a permutation are skipped that epoch, and each epoch
+draws a fresh permutation, so every identity is visited equally often on average). An identity with at least ``K``
 images contributes ``K`` distinct images drawn at random; one with fewer contributes all of its
 images plus random repeats (sampling with replacement) to reach ``K`` (a repeated image usually
 differs by its random flip). Every image is randomly flipped left-right with probability 1/2.

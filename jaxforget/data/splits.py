@@ -180,7 +180,11 @@ class Split:
 
 
 def _split_images(indices: np.ndarray, train_fraction: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Shuffle one identity's records and cut them; both halves non-empty when ``n >= 2``."""
+    """Shuffle one identity's records and cut them; both halves non-empty when ``n >= 2``.
+
+    The train half has ``round(train_fraction * n)`` records with Python's rounding (halves to
+    even): with 0.5, n = 3 -> 2 train / 1 test, n = 5 -> 2 / 3, n = 9 -> 4 / 5.
+    """
     perm = rng.permutation(indices)
     n = len(perm)
     if n == 1:

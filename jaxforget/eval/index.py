@@ -140,7 +140,8 @@ def search(index: faiss.Index, queries: np.ndarray, k: int, batch_size: int = 40
 
 
 def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int | None = None) -> float:
-    """Mean over queries of |approx top-k  intersect  exact top-k| / k (ids ``-1`` never count)."""
+    """Mean over queries of |approx top-k  intersect  exact top-k| / |exact top-k| (ids ``-1``,
+    the padding of a gallery smaller than k, never count)."""
     a = np.asarray(approx_ids)
     e = np.asarray(exact_ids)
     if a.shape[0] != e.shape[0]:
@@ -148,11 +149,12 @@ def recall_at_k(approx_ids: np.ndarray, exact_ids: np.ndarray, k: int | None = N
     k = k or e.shape[1]
     if a.shape[1] < k or e.shape[1] < k:
         raise ValueError(f"need at least k={k} columns, got approx {a.shape} and exact {e.shape}")
-    hits = 0
+    hits = total = 0
     for ra, re_ in zip(a[:, :k], e[:, :k]):
         valid = re_[re_ >= 0]
         hits += np.intersect1d(ra[ra >= 0], valid).size
-    return hits / (a.shape[0] * k)
+        total += valid.size
+    return hits / max(total, 1)
 
 
 def measure_recall(
