@@ -172,8 +172,8 @@ def train_loop(
                         "over")
                 raise NonFiniteError(
                     f"[{phase}] step {step + 1}: non-finite {', '.join(f'{k}={metrics[k]}' for k in bad)}."
-                    f" Training stopped; {kept}. Lower method.lr or set method.clip_norm, then"
-                    " re-run.")
+                    f" Training stopped; {kept}. Lower method.lr or set method.clip_norm and run"
+                    " again in a new --workdir (this one keeps the old settings).")
             metrics["step_time_s"] = t_end - t_step
             metrics["data_wait_s"] = t_step - t_data
             if hook is not None and hook_every and (step + 1) % hook_every == 0:

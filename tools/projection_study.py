@@ -86,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
                     "of all forget-train embeddings (comma-separated r), not one per identity")
     args = ap.parse_args(argv)
     rows: dict[str, list] = {}
+    span = tuple(int(r) for r in args.span_dims.split(",") if r)
     for run in args.runs:
         try:
-            span = tuple(int(r) for r in args.span_dims.split(",") if r)
             for name, vals in study(run, args.max_per_identity, span).items():
                 rows.setdefault(name, []).append(vals)
         except experiment.UserError as e:

@@ -10,11 +10,11 @@ them on the device inside jitted code with :func:`normalize` and the model's con
 Training (:func:`train_dataset`): batch ``b`` holds ``P`` distinct identities x ``K`` images.
 Identities are visited epoch by epoch in a seeded permutation (``len(identities) // P`` batches an
 epoch; the last ``len(identities) % P`` of a permutation are skipped that epoch, and each epoch
-draws a fresh permutation, so every identity is visited equally often on average). An identity with at least ``K``
-images contributes ``K`` distinct images drawn at random; one with fewer contributes all of its
-images plus random repeats (sampling with replacement) to reach ``K`` (a repeated image usually
-differs by its random flip). Every image is randomly flipped left-right with probability 1/2.
-The stream is endless and fully determined by ``seed``: element ``i`` of the stream depends on
+draws a fresh permutation, so every identity is visited equally often on average). An identity with
+at least ``K`` images contributes ``K`` distinct images drawn at random; one with fewer contributes
+all of its images plus random repeats (sampling with replacement) to reach ``K`` (a repeated image
+usually differs by its random flip). Every image is randomly flipped left-right with probability
+1/2. The stream is endless and fully determined by ``seed``: element ``i`` of the stream depends on
 ``(seed, i)`` only, so the grain iterator's state (``get_state`` / ``set_state``, or
 ``grain.checkpoint.CheckpointSave`` in an orbax ``CheckpointManager``) resumes it exactly.
 

@@ -26,7 +26,7 @@ Protocols (``PROTOCOLS``; a config lists names, e.g. ``evals=('forget_base', 're
 * ``retain_search[:source]``: each identity's images (source ``retain_test`` by default) are split
   into a query half (``n // 2`` images) and a gallery half (the rest), by a permutation seeded
   with ``(seed, label)`` over the identity's rows in set order (the runner's sets are in record
-order, so the split is deterministic for a given split and seed); identities
+  order, so the split is deterministic for a given split and seed); identities
   with a single image can't be queried and join the gallery as negatives (counted in
   ``num_single_image_identities``). ``CS`` over the whole source; ``acc`` only for the default
   source when ``retain_train`` is present (other sources have their own label spaces).
