@@ -89,10 +89,12 @@ def from_run(run: pathlib.Path, inits: Iterable[int]) -> tuple[str, dict[str, li
 
 
 def from_orl(seed: int, inits: Iterable[int]) -> tuple[str, dict[str, list]]:
-    spec = importlib.util.spec_from_file_location("orl_sweep", ROOT / "tools" / "orl_sweep.py")
-    sweep = importlib.util.module_from_spec(spec)
-    sys.modules["orl_sweep"] = sweep
-    spec.loader.exec_module(sweep)
+    sweep = sys.modules.get("orl_sweep")
+    if sweep is None:
+        spec = importlib.util.spec_from_file_location("orl_sweep", ROOT / "tools" / "orl_sweep.py")
+        sweep = importlib.util.module_from_spec(spec)
+        sys.modules["orl_sweep"] = sweep  # its dataclasses look the module up while defined
+        spec.loader.exec_module(sweep)
     setup = sweep.load_setup(sweep.SHARED.joinpath(*sweep.WEIGHTS), sweep.SHARED.joinpath(*sweep.ORL),
                              num_forget=5, seed=seed)
     original = sweep.embed_records(setup, setup.variables, setup.forget_test)
