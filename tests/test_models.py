@@ -196,6 +196,53 @@ def test_depthwise_conv_matches_grouped_conv(kernel, stride, padding, size):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("size,cin,cout", [((9, 7), 5, 6), ((8, 8), 4, 4), ((1, 1), 3, 2)])
+def test_conv3x3_winograd_gradients_match_xla(size, cin, cout):
+    """3x3 stride-1 convolutions compute gradients with Winograd F(2x2, 3x3): same parameter, the
+    same forward (XLA's convolution) and the same gradients as nn.Conv (odd sizes included)."""
+    from jaxforget.models.layers import Conv3x3, conv, direct_conv_gradients
+
+    ours = conv(cout, 3, 1, 1, dtype=jnp.float32, name="c")
+    with direct_conv_gradients():
+        ref = conv(cout, 3, 1, 1, dtype=jnp.float32, name="c")
+    assert isinstance(ours, Conv3x3) and not isinstance(ref, Conv3x3)
+    assert not isinstance(conv(cout, 3, 2, 1, dtype=jnp.float32, name="c"), Conv3x3)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, *size, cin))
+    params = ref.init(jax.random.PRNGKey(0), x)
+    params_ours = ours.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_array_equal(params_ours["params"]["kernel"], params["params"]["kernel"])
+
+    def loss(module):
+        return lambda p, x: jnp.sum(jnp.sin(3.0 * module.apply(p, x)))
+
+    np.testing.assert_array_equal(ours.apply(params, x), ref.apply(params, x))
+    g_ours = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
+    g_ref = jax.jit(jax.grad(loss(ref), argnums=(0, 1)))(params, x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_iresnet_gradients_with_winograd_match_xla(micro):
+    """A whole IResNet's parameter gradients, Winograd vs XLA convolution gradients."""
+    from jaxforget.models.layers import direct_conv_gradients
+
+    module, variables = micro
+    x = jax.random.normal(jax.random.PRNGKey(2), (4, 16, 16, 3))
+
+    def grads():
+        def loss(params):
+            z, _ = module.apply({**variables, "params": params}, x, train=True,
+                                mutable=["batch_stats"])
+            return jnp.sum(jnp.sin(z))
+        return jax.jit(jax.grad(loss))(variables["params"])
+
+    ours = grads()
+    with direct_conv_gradients():
+        ref = grads()
+    for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 def test_registry_config_forms_and_errors():
     cfg = ml_collections.ConfigDict({"name": "iresnet100", "width_mult": 1.0, "input_size": (112, 112),
                                      "embedding_size": 512, "dtype": "float32", "dropout": 0.0, "init": ""})

@@ -410,6 +410,7 @@ def measure_jax_step(spec: Spec, dtype: str, pipeline: bool = False) -> dict[str
     import jax
 
     from jaxforget.methods import Context, get_method, init_state, make_update_step
+    from jaxforget.models import layers
 
     images, labels = make_batch(spec)
     mem = MemoryProbe()
@@ -423,7 +424,11 @@ def measure_jax_step(spec: Spec, dtype: str, pipeline: bool = False) -> dict[str
     t0 = time.perf_counter()
     compiled = update.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    flops = _cost_flops(compiled)
+    # The model's FLOPs: those of the program with XLA's own convolution gradients (the Winograd
+    # gradients of jaxforget.models.layers.Conv3x3 do fewer multiplications for the same result).
+    with layers.direct_conv_gradients():
+        flops = _cost_flops(jax.jit(make_update_step(method, METHOD_CFG, ctx)).lower(state, batch))
+    executed_flops = _cost_flops(compiled)
     losses: list[float] = []
 
     def step():
@@ -437,6 +442,7 @@ def measure_jax_step(spec: Spec, dtype: str, pipeline: bool = False) -> dict[str
     mem.start_timed()
     times, _ = _timed(step, 0, spec.steps)
     out = {"framework": "jax", "dtype": dtype, "compile_s": compile_s, "flops_per_step": flops,
+           "executed_flops_per_step": executed_flops,
            "losses": losses, **_throughput(times, spec.batch), **mem.report()}
     out["achieved_gflops"] = flops / out["median_s"] / 1e9
     stats = jax.devices()[0].memory_stats()
@@ -685,7 +691,16 @@ def measure_conv_parts(spec: Spec) -> dict[str, Any]:
 
 
 #: Run only when named in ``--only`` (diagnostics, not part of the report).
-EXTRA_MEASUREMENTS: dict[str, Callable[[Spec], dict[str, Any]]] = {"conv_parts": measure_conv_parts}
+def measure_jax_step_xla_grads(spec: Spec) -> dict[str, Any]:
+    """The fp32 step with XLA's own 3x3 convolution gradients (before the Winograd gradients)."""
+    from jaxforget.models import layers
+
+    with layers.direct_conv_gradients():
+        return measure_jax_step(spec, "float32")
+
+
+EXTRA_MEASUREMENTS: dict[str, Callable[[Spec], dict[str, Any]]] = {
+    "conv_parts": measure_conv_parts, "jax_step_fp32_xla_grads": measure_jax_step_xla_grads}
 
 MEASUREMENTS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "ceiling": measure_ceiling,
