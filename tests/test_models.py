@@ -197,10 +197,14 @@ def test_depthwise_conv_matches_grouped_conv(kernel, stride, padding, size):
 
 
 @pytest.mark.parametrize("size,cin,cout", [((9, 7), 5, 6), ((8, 8), 4, 4), ((1, 1), 3, 2)])
-def test_conv3x3_winograd_gradients_match_xla(size, cin, cout):
+def test_conv3x3_winograd_gradients_match_xla(size, cin, cout, monkeypatch):
     """3x3 stride-1 convolutions compute gradients with Winograd F(2x2, 3x3): same parameter, the
     same forward (XLA's convolution) and the same gradients as nn.Conv (odd sizes included)."""
+    from jaxforget.models import layers
     from jaxforget.models.layers import Conv3x3, conv, direct_conv_gradients
+
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 1)  # small layers take the path too
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_PIXELS", 1)
 
     ours = conv(cout, 3, 1, 1, dtype=jnp.float32, name="c")
     with direct_conv_gradients():
@@ -216,14 +220,17 @@ def test_conv3x3_winograd_gradients_match_xla(size, cin, cout):
         return lambda p, x: jnp.sum(jnp.sin(3.0 * module.apply(p, x)))
 
     np.testing.assert_array_equal(ours.apply(params, x), ref.apply(params, x))
+    assert "custom_vjp" in str(jax.make_jaxpr(ours.apply)(params, x))
     g_ours = jax.jit(jax.grad(loss(ours), argnums=(0, 1)))(params, x)
     g_ref = jax.jit(jax.grad(loss(ref), argnums=(0, 1)))(params, x)
     for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-def test_iresnet_gradients_with_winograd_match_xla(micro):
-    """A whole IResNet's parameter gradients, Winograd vs XLA convolution gradients."""
+def test_iresnet_gradients_with_winograd_match_xla(micro, monkeypatch):
+    """A whole IResNet's parameter gradients, Winograd vs XLA convolution gradients; below the
+    size thresholds (the tiny models of the tests) the layers keep XLA's gradients."""
+    from jaxforget.models import layers
     from jaxforget.models.layers import direct_conv_gradients
 
     module, variables = micro
@@ -236,6 +243,14 @@ def test_iresnet_gradients_with_winograd_match_xla(micro):
             return jnp.sum(jnp.sin(z))
         return jax.jit(jax.grad(loss))(variables["params"])
 
+    def uses_winograd():
+        z = jax.make_jaxpr(lambda v: module.apply(v, x))(variables)
+        return "custom_vjp" in str(z)
+
+    assert not uses_winograd()  # 2-16 channels: below WINOGRAD_MIN_CHANNELS
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 1)
+    monkeypatch.setattr(layers, "WINOGRAD_MIN_PIXELS", 1)
+    assert uses_winograd()
     ours = grads()
     with direct_conv_gradients():
         ref = grads()
