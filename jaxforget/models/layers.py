@@ -222,8 +222,8 @@ class Conv3x3(nn.Module):
     :func:`conv3x3_winograd_grad` (equal to the direct ones to float rounding, ~1e-6 relative)
     when both channel counts are at least ``WINOGRAD_MIN_CHANNELS`` and the map has at least
     ``WINOGRAD_MIN_PIXELS`` pixels (every 3x3 stride-1 layer of a full-width IResNet at 112x112):
-    the IResNet-50 unlearning step runs 1.33x faster on the 2-core CPU of docs/PERFORMANCE.md, at
-    about 40% more peak memory. Other dtypes, backends and smaller layers use XLA's gradients.
+    the IResNet-50 unlearning step runs 1.3-1.6x faster on the 2-core CPU of docs/PERFORMANCE.md,
+    at about 40% more peak memory. Other dtypes, backends and smaller layers use XLA's gradients.
     """
 
     features: int
