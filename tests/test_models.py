@@ -201,13 +201,13 @@ def test_conv3x3_winograd_gradients_match_xla(size, cin, cout, monkeypatch):
     """3x3 stride-1 convolutions compute gradients with Winograd F(2x2, 3x3): same parameter, the
     same forward (XLA's convolution) and the same gradients as nn.Conv (odd sizes included)."""
     from jaxforget.models import layers
-    from jaxforget.models.layers import Conv3x3, conv, direct_conv_gradients
+    from jaxforget.models.layers import Conv3x3, conv, xla_convolutions
 
     monkeypatch.setattr(layers, "WINOGRAD_MIN_CHANNELS", 1)  # small layers take the path too
     monkeypatch.setattr(layers, "WINOGRAD_MIN_PIXELS", 1)
 
     ours = conv(cout, 3, 1, 1, dtype=jnp.float32, name="c")
-    with direct_conv_gradients():
+    with xla_convolutions():
         ref = conv(cout, 3, 1, 1, dtype=jnp.float32, name="c")
     assert isinstance(ours, Conv3x3) and not isinstance(ref, Conv3x3)
     assert not isinstance(conv(cout, 3, 2, 1, dtype=jnp.float32, name="c"), Conv3x3)
@@ -227,11 +227,35 @@ def test_conv3x3_winograd_gradients_match_xla(size, cin, cout, monkeypatch):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("stride,size", [(1, (5, 7)), (2, (9, 8)), (2, (7, 7))])
+def test_conv1x1_is_the_convolution(stride, size):
+    """1x1 convolutions are a matrix product: same parameter, outputs and gradients as nn.Conv."""
+    from jaxforget.models.layers import Conv1x1, conv, xla_convolutions
+
+    ours = conv(6, 1, stride, 0, dtype=jnp.float32, name="c")
+    with xla_convolutions():
+        ref = conv(6, 1, stride, 0, dtype=jnp.float32, name="c")
+    assert isinstance(ours, Conv1x1) and not isinstance(ref, Conv1x1)
+    x = jax.random.normal(jax.random.PRNGKey(1), (2, *size, 5))
+    params = ref.init(jax.random.PRNGKey(0), x)
+    np.testing.assert_array_equal(ours.init(jax.random.PRNGKey(0), x)["params"]["kernel"],
+                                  params["params"]["kernel"])
+    np.testing.assert_allclose(ours.apply(params, x), ref.apply(params, x), rtol=1e-6, atol=1e-6)
+
+    def loss(module):
+        return lambda p, x: jnp.sum(jnp.sin(3.0 * module.apply(p, x)))
+
+    g_ours = jax.grad(loss(ours), argnums=(0, 1))(params, x)
+    g_ref = jax.grad(loss(ref), argnums=(0, 1))(params, x)
+    for a, b in zip(jax.tree_util.tree_leaves(g_ours), jax.tree_util.tree_leaves(g_ref)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)  # sin(3z) amplifies rounding
+
+
 def test_iresnet_gradients_with_winograd_match_xla(micro, monkeypatch):
     """A whole IResNet's parameter gradients, Winograd vs XLA convolution gradients; below the
     size thresholds (the tiny models of the tests) the layers keep XLA's gradients."""
     from jaxforget.models import layers
-    from jaxforget.models.layers import direct_conv_gradients
+    from jaxforget.models.layers import xla_convolutions
 
     module, variables = micro
     x = jax.random.normal(jax.random.PRNGKey(2), (4, 16, 16, 3))
@@ -252,7 +276,7 @@ def test_iresnet_gradients_with_winograd_match_xla(micro, monkeypatch):
     monkeypatch.setattr(layers, "WINOGRAD_MIN_PIXELS", 1)
     assert uses_winograd()
     ours = grads()
-    with direct_conv_gradients():
+    with xla_convolutions():
         ref = grads()
     for a, b in zip(jax.tree_util.tree_leaves(ours), jax.tree_util.tree_leaves(ref)):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)

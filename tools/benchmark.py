@@ -424,9 +424,9 @@ def measure_jax_step(spec: Spec, dtype: str, pipeline: bool = False) -> dict[str
     t0 = time.perf_counter()
     compiled = update.lower(state, batch).compile()
     compile_s = time.perf_counter() - t0
-    # The model's FLOPs: those of the program with XLA's own convolution gradients (the Winograd
-    # gradients of jaxforget.models.layers.Conv3x3 do fewer multiplications for the same result).
-    with layers.direct_conv_gradients():
+    # The model's FLOPs: those of the program with XLA's own convolutions (the Winograd gradients
+    # of jaxforget.models.layers.Conv3x3 do fewer multiplications for the same result).
+    with layers.xla_convolutions():
         flops = _cost_flops(jax.jit(make_update_step(method, METHOD_CFG, ctx)).lower(state, batch))
     executed_flops = _cost_flops(compiled)
     losses: list[float] = []
@@ -691,16 +691,17 @@ def measure_conv_parts(spec: Spec) -> dict[str, Any]:
 
 
 #: Run only when named in ``--only`` (diagnostics, not part of the report).
-def measure_jax_step_xla_grads(spec: Spec) -> dict[str, Any]:
-    """The fp32 step with XLA's own 3x3 convolution gradients (before the Winograd gradients)."""
+def measure_jax_step_xla_convs(spec: Spec) -> dict[str, Any]:
+    """The fp32 step with plain ``nn.Conv`` (XLA's convolutions and gradients) for the 3x3 stride-1
+    and 1x1 layers, i.e. before ``Conv3x3`` / ``Conv1x1``."""
     from jaxforget.models import layers
 
-    with layers.direct_conv_gradients():
+    with layers.xla_convolutions():
         return measure_jax_step(spec, "float32")
 
 
 EXTRA_MEASUREMENTS: dict[str, Callable[[Spec], dict[str, Any]]] = {
-    "conv_parts": measure_conv_parts, "jax_step_fp32_xla_grads": measure_jax_step_xla_grads}
+    "conv_parts": measure_conv_parts, "jax_step_fp32_xla_convs": measure_jax_step_xla_convs}
 
 MEASUREMENTS: dict[str, Callable[[Spec], dict[str, Any]]] = {
     "ceiling": measure_ceiling,
