@@ -69,7 +69,7 @@ def test_quick_depthwise_benchmark_compares_both_implementations(tmp_path):
     out = tmp_path / "dw.json"
     assert "hard_disp step images/s" in _run_quick("bench_depthwise.py", out)
     report = json.loads(out.read_text())
-    for impl in ("shifted", "grouped_conv"):
+    for impl in ("ours", "grouped_depthwise"):  # --reference defaults to grouped_depthwise
         assert _positive(report[impl]["embed_images_per_s"]) and _positive(report[impl]["step_images_per_s"])
     assert _positive(report["embed_speedup"]) and _positive(report["step_speedup"])
     assert report["embedding_max_abs_diff"] < 1e-4
