@@ -140,14 +140,10 @@ def _wino_out(m0, m1, m2, m3):
     return (m0 + m1 + m2, m1 - m2 - m3)
 
 
-def _wino_tiles(x: jax.Array) -> tuple[int, int]:
-    return (x.shape[1] + 1) // 2, (x.shape[2] + 1) // 2
-
-
 def _wino_input_transform(x: jax.Array) -> jax.Array:
     """``(16, N * th * tw, C)``: every 4x4 input tile (stride 2, zero padding 1) transformed."""
     n, h, w, c = x.shape
-    th, tw = _wino_tiles(x)
+    th, tw = (h + 1) // 2, (w + 1) // 2
     xp = jnp.pad(x, ((0, 0), (1, 2 * th + 1 - h), (1, 2 * tw + 1 - w), (0, 0)))
     comps = []
     for col in _wino_in(*[xp[:, :, j:j + 2 * tw:2] for j in range(4)]):
