@@ -293,6 +293,11 @@ def _cache_key(cfg, split, *extra) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def base_model_path(cfg, split, workdir: pathlib.Path) -> pathlib.Path:
+    """Where the fine-tuned base model of this config and split is cached."""
+    return (cache_root(cfg, workdir) / "base_models" / _cache_key(cfg, split)).resolve()
+
+
 def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh):
     """CosFace fine-tuning on every train image of the split (forget and retain identities).
 
@@ -301,7 +306,7 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh)
     """
     from jaxforget import checkpoint  # pylint: disable=import-outside-toplevel
 
-    path = (cache_root(cfg, workdir) / "base_models" / _cache_key(cfg, split)).resolve()
+    path = base_model_path(cfg, split, workdir)
     if checkpoint.is_variables_checkpoint(path):
         stored, meta = checkpoint.load_variables(path)
         _log(f"[pretrain] using the cached base model {path}")

@@ -54,8 +54,7 @@ def targets(run: pathlib.Path, keep_only_model: bool = False) -> list[pathlib.Pa
         split = splits.Split.load(run / "split.json")
         out.append(experiment.embedding_path(cfg, split, run, "original", "forget_test").parent)
         if int(cfg.pretrain.steps) > 0:
-            out.append(experiment.cache_root(cfg, run) / "base_models"
-                       / experiment._cache_key(cfg, split))  # pylint: disable=protected-access
+            out.append(experiment.base_model_path(cfg, split, run))
     return [p for p in out if p.exists()]
 
 
