@@ -1,24 +1,27 @@
-"""Shared experiment defaults; the files in ``configs/`` start from :func:`base_config`.
+"""Shared experiment blocks; each file in ``configs/`` adds its method's hyper-parameters.
 
-Every field a user is expected to set is documented here. Paper values are used where the paper
-states them; where its text lost the value, the chosen value and its reason are given in the
-method's config file.
+``configs/<method>.py`` writes every ``method.*`` value its method runs with (per preset where
+they differ) and calls :func:`method_config`; paper values are used where the paper states them,
+and where its text lost a value the file gives the chosen one and its reason. This module holds
+what every method shares: the model, head, data, split, pretraining, evaluation and training-loop
+blocks, and the presets' data and model parts. It imports nothing but ``ml_collections`` and
+``os``, so loading a config file does not start JAX.
 
 Run ``python -m jaxforget.main --config=configs/hard_disp.py --config.data.root=...``; any field can
 be overridden as ``--config.<path>=<value>``. Configs are locked: a misspelt field is an error.
 
-Baselines (rl, ga, bs, lipschitz, contrastive, retrain, finetune): the paper's hyper-parameters
-for them were lost. They run with their method's default learning rate (jaxforget.methods; SGD,
-momentum 0.9, weight decay 5e-4) and the step budget every method shares in a setting (20 steps
-on the real MobileFaceNet, 150 in the demo, the paper's 1,000 otherwise). Learning-rate sweep on
-the CelebA subset (seed 0, 20 steps; docs/RESULTS.md section 3c; forget mAP / retain mAP change
-on unseen retain faces; Original 92.2): GA 1e-4 92.5 / -4.3, 1e-3 85.1 / -8.4, 1e-2 82.3 / -35.1;
-BS 1e-4 92.4 / -4.6, 1e-3 85.0 / -6.0, 1e-2 78.8 / -29.4; RL 1e-3 86.0 / -7.5, 1e-2 81.4 / -22.4;
-Contrastive 1e-3 90.6 / -1.7, 1e-2 79.5 / -11.2; Lipschitz 1e-3 93.3 / -0.8, 1e-2 84.4 / -6.5.
-Every baseline setting loses at least 0.8 retain points per forget mAP point (hard dispersion:
-0.5, forget 71.5 at -10.8) and none reaches hard dispersion's forget mAP; the defaults are kept
-(the three-seed table uses them), with BS at 1e-3 the best baseline trade-off found. Retrain (the
-reference) was not swept.
+Presets (the config-string argument, ``configs/<method>.py:<preset>``):
+
+* ``''``: the paper's setting (IResNet-50 at 112x112 on CelebA); set ``data.root`` and
+  ``model.init``;
+* ``demo``: synthetic identities and a small IResNet (no data needed), base model trained first;
+* ``celeba`` / ``orl``: the real MobileFaceNet on ../shared's faces.
+
+Every method in a preset shares one step budget and one batch layout (written in each config's
+``PRESETS``): the paper's 1,000 steps of 32-image batches (P x K = 8 x 4) at paper scale; 150 in
+the demo; 20 on the real MobileFaceNet, where the forget set holds 3-5 train images per identity
+and the loss saturates within ~20 steps (configs/hard_disp.py). On the CelebA subset the batches
+are 10 identities x 3 images (it has 3-4 train images per forget identity), on ORL 5 x 4.
 """
 
 from __future__ import annotations
@@ -27,18 +30,13 @@ import os
 
 import ml_collections
 
-# Where each dataset comes from, used in the error raised when a path is missing.
-DATA_HELP = {
-    "celeba": "CelebA 'Align&Cropped' images (img_align_celeba/) with identity_CelebA.txt and"
-    " list_landmarks_align_celeba.txt, from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
-    "vggface2": "VGGFace2 (train/ and test/ identity folders, bb_landmark/*.csv)",
-    "orl": "the ORL / AT&T faces (s1..s40 folders of 10 PGM images each)",
-    "folder": "any folder holding one sub-folder of images per identity",
-    "synthetic": "nothing: procedurally generated identities",
-}
+# The project's shared folder beside the checkout (real faces and the real MobileFaceNet).
+SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+MOBILEFACENET_WEIGHTS = os.path.join(SHARED, "weights", "mobilefacenet_casia", "068.ckpt")
 
 
-def base_config(method: str = "hard_disp") -> ml_collections.ConfigDict:
+def shared_config() -> ml_collections.ConfigDict:
+    """Every block but ``method``, at paper scale (IResNet-50, 112x112, CelebA)."""
     c = ml_collections.ConfigDict()
     c.seed = 0
     # Non-empty: run one experiment per seed (a different forget set each) and report mean +- std.
@@ -98,27 +96,6 @@ def base_config(method: str = "hard_disp") -> ml_collections.ConfigDict:
         )
     )
 
-    # Every field of the method's hyper-parameters (jaxforget.methods.base.HParams) with the
-    # method's own defaults, plus the runner's data fields.
-    from jaxforget import methods  # pylint: disable=import-outside-toplevel
-
-    try:
-        c.method = methods.get_method(method).default_config()
-    except (KeyError, ValueError) as e:
-        raise ValueError(f"config method.name={method!r}: {e}") from e
-    # The method whose defaults fill c.method (set by configs/<method>.py). Overriding
-    # method.name alone would run another method with these defaults (e.g. GA at hard
-    # dispersion's learning rate), so the runner refuses a method.name that differs.
-    c.config_method = method
-    c.method.update(
-        dict(
-            batch_size=32,  # forget batch; paper: 32 (CelebA), 160 (VGGFace2)
-            images_per_identity=4,  # K of the P x K sampler (P = batch_size / K)
-            retain_batch_size=32,
-            salun_batches=8,  # forget batches whose summed gradient ranks weights for SalUn
-        )
-    )
-
     # Base-model fine-tuning before unlearning (CosFace on every train identity). Used by the demo
     # to make its own base model; the result is cached in cache_dir and reused.
     c.pretrain = ml_collections.ConfigDict(
@@ -168,9 +145,6 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.forget.min_images = 4
     c.retain.min_images = 4
     c.pretrain.steps = 600
-    c.method.steps = 150
-    c.method.batch_size = 32
-    c.method.images_per_identity = 4
     c.eval.batch_size = 128
     c.train.checkpoint_every = 100
     c.train.log_every = 25
@@ -178,16 +152,12 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     return c
 
 
-# The project's shared folder beside the checkout (real faces and the real MobileFaceNet).
-SHARED = os.path.normpath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
-
-
 def mobilefacenet_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """The real pretrained MobileFaceNet (CASIA-WebFace, 112x96, 128-d) from ../shared."""
     c.model.name = "mobilefacenet"
     c.model.input_size = (112, 96)
     c.model.embedding_size = 128
-    c.model.init = os.path.join(SHARED, "weights", "mobilefacenet_casia", "068.ckpt")
+    c.model.init = MOBILEFACENET_WEIGHTS
     return c
 
 
@@ -197,7 +167,6 @@ def celeba_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     Forget 10 of the identities with the most images (>= 6 in the subset; 27 candidates), train /
     test halves; retain = 300 (seeded) of the other identities with >= 3 images (all 1,161 with
     --config.retain.max_identities=0); retrieval over all their images.
-    Batches are 10 identities x 3 images (the subset has 3-4 train images per forget identity).
     """
     mobilefacenet_overrides(c)
     c.data.name = "celeba"
@@ -207,10 +176,6 @@ def celeba_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.retain.min_images = 3
     c.retain.max_identities = 300  # of 1,161 eligible; keeps a CPU run to minutes
     c.evals = ("forget_base", "retain_search:retain_all", "retain_search", "reid_audit")
-    c.method.batch_size = 30
-    c.method.images_per_identity = 3
-    c.method.retain_batch_size = 30
-    c.method.steps = 20  # see configs/hard_disp.py: the few forget images saturate the loss
     c.eval.batch_size = 128
     c.train.checkpoint_every = 100
     c.train.cs_every = 50
@@ -226,34 +191,61 @@ def orl_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.forget.min_images = 10
     c.retain.min_images = 2
     c.evals = ("forget_base", "retain_search:retain_all", "retain_search", "reid_audit")
-    c.method.batch_size = 20
-    c.method.images_per_identity = 4
-    c.method.retain_batch_size = 20
-    c.method.steps = 20
     c.eval.batch_size = 100
     c.train.checkpoint_every = 100
     c.train.cs_every = 50
     return c
 
 
-# Learning rate of the dispersion losses per config argument (configs/hard_disp.py says why).
-DISPERSION_LR = {"": 0.01, "demo": 0.01, "celeba": 0.05, "orl": 0.05}
-
 CONFIG_ARGS = {"demo": demo_overrides, "celeba": celeba_overrides, "orl": orl_overrides}
+PRESETS = ("",) + tuple(CONFIG_ARGS)
 
 
-def finalize(c: ml_collections.ConfigDict, arg: str | None) -> ml_collections.ConfigDict:
-    """Applies the config-string argument (``configs/x.py:demo``) and returns the config.
-
-    ``demo``: synthetic identities and a small IResNet (no data needed); ``celeba`` / ``orl``: the
-    real MobileFaceNet on ../shared's faces.
-    """
+def preset_name(arg: str | None) -> str:
+    """The config-string argument (``configs/x.py:demo``), checked: one of :data:`PRESETS`."""
     arg = (arg or "").strip()
-    if arg in CONFIG_ARGS:
-        CONFIG_ARGS[arg](c)
-    elif arg:
+    if arg and arg not in CONFIG_ARGS:
         raise ValueError(
             f"unknown config argument {arg!r}: the configs accept "
             f"{', '.join(':' + a for a in CONFIG_ARGS)} or nothing"
         )
+    return arg
+
+
+def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
+    """The shared blocks of a preset (:func:`shared_config` with the preset's overrides)."""
+    arg = preset_name(arg)
+    c = shared_config()
+    if arg:
+        CONFIG_ARGS[arg](c)
+    return c
+
+
+def method_config(
+    name: str,
+    hparams: dict[str, object],
+    presets: dict[str, dict[str, object]],
+    arg: str | None = None,
+) -> ml_collections.ConfigDict:
+    """A run's config: the preset's shared blocks plus ``method`` = ``name``, ``hparams`` and the
+    preset's entry of ``presets`` (what differs per preset: steps, batches, learning rate...).
+
+    ``method`` holds exactly the fields given (locked configs: only those can be overridden), so a
+    config file writes every field its method reads, including the runner's batch fields
+    (``batch_size``: forget batch of P identities x ``images_per_identity`` images;
+    ``retain_batch_size``; ``salun_batches``: forget batches whose summed gradient ranks the
+    weights for SalUn). ``config_method`` records ``name``: overriding ``method.name`` alone would
+    run another method with these values (e.g. GA at hard dispersion's learning rate), so the
+    runner refuses a ``method.name`` that differs.
+    """
+    arg = preset_name(arg)
+    if set(presets) != set(PRESETS):
+        raise ValueError(f"config {name!r}: presets must give {PRESETS}, got {tuple(presets)}")
+    per_preset = presets[arg]
+    both = sorted(set(hparams) & set(per_preset))
+    if both:
+        raise ValueError(f"config {name!r}: {both} set both for every preset and per preset")
+    c = base_config(arg)
+    c.method = ml_collections.ConfigDict(dict(name=name, **hparams, **per_preset))
+    c.config_method = name
     return c

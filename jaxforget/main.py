@@ -11,6 +11,9 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from jaxforget import experiment, trainer
+from jaxforget.errors import UserError
+
 _CONFIG = config_flags.DEFINE_config_file(
     "config",
     None,
@@ -31,15 +34,12 @@ def _main(argv) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-    from jaxforget import experiment  # pylint: disable=import-outside-toplevel
-    from jaxforget import train  # pylint: disable=import-outside-toplevel
-
     try:
         experiment.run(_CONFIG.value, _WORKDIR.value)
-    except experiment.UserError as e:
+    except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(2)
-    except train.NonFiniteError as e:
+    except trainer.NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(3)
 
@@ -58,7 +58,7 @@ def _parse_flags(argv: list[str]) -> list[str]:
     except (AttributeError, KeyError, TypeError, ValueError) as e:
         bad = [a for a in argv[1:] if a.startswith("--config.")]
         print(f"error: cannot apply {' '.join(bad) or 'the --config flags'}: {e}. Config fields "
-              "are listed, with their meaning, in jaxforget/config.py (base_config); configs are "
+              "are listed, with their meaning, in configs/<method>.py and jaxforget/config.py; configs are "
               "locked, so a field that does not exist there is refused.", file=sys.stderr)
         sys.exit(2)
 

@@ -1,4 +1,5 @@
-"""Smoke test of tools/benchmark.py: the --quick run finishes and writes a complete JSON report."""
+"""Smoke test of ``benchmarks.benchmark`` and ``benchmarks.bench_depthwise``: each ``--quick`` run
+finishes and writes a complete JSON report."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ def _positive(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
 
 
-def _run_quick(tool: str, out: pathlib.Path) -> str:
-    """Runs ``tools/<tool> --quick --json-out out`` (without inherited XLA flags); its stdout."""
+def _run_quick(module: str, out: pathlib.Path) -> str:
+    """Runs ``python -m <module> --quick --json-out out`` from the repository root (without
+    inherited XLA flags); its stdout."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "tools" / tool), "--quick", "--json-out", str(out)],
+        [sys.executable, "-m", module, "--quick", "--json-out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -29,7 +31,7 @@ def _run_quick(tool: str, out: pathlib.Path) -> str:
 
 def test_quick_benchmark_writes_complete_report(tmp_path):
     out = tmp_path / "bench.json"
-    stdout = _run_quick("benchmark.py", out)
+    stdout = _run_quick("benchmarks.benchmark", out)
     assert "unlearning step fp32" in stdout and "goals:" in stdout
     report = json.loads(out.read_text())
 
@@ -67,7 +69,7 @@ def test_quick_benchmark_writes_complete_report(tmp_path):
 
 def test_quick_depthwise_benchmark_compares_both_implementations(tmp_path):
     out = tmp_path / "dw.json"
-    assert "hard_disp step images/s" in _run_quick("bench_depthwise.py", out)
+    assert "hard_disp step images/s" in _run_quick("benchmarks.bench_depthwise", out)
     report = json.loads(out.read_text())
     for impl in ("ours", "grouped_depthwise"):  # --reference defaults to grouped_depthwise
         assert _positive(report[impl]["embed_images_per_s"]) and _positive(report[impl]["step_images_per_s"])

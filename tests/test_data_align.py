@@ -93,7 +93,7 @@ def test_fixed_crop_box_scales():
 def test_celeba_alignment_on_real_landmarks(shared):
     """Every CelebA subset face: the warp moves each landmark to the matrix's prediction (within
     1 px, on a drawn image), and on average the aligned eyes land within 1 px of the template."""
-    from jaxforget.data.sources import read_celeba_landmarks
+    from jaxforget.data.formats.celeba import read_celeba_landmarks
 
     table = read_celeba_landmarks(str(shared("data", "celeba_subset", "list_landmarks_align_celeba.txt")))
     lms = np.stack(list(table.values()))

@@ -1,15 +1,14 @@
-"""Pipelines: P x K batches, flips, resumable iterator, padded eval, corrupt images, normalize."""
+"""Pipelines: P x K batches, flips, resumable iterator, padded eval, corrupt images."""
 
 import io
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
-from jaxforget.data.pipeline import PKSampler, eval_dataset, normalize, train_dataset
-from jaxforget.data.sources import ArraySource, FolderSource
+from jaxforget.data.formats.folder import FolderSource
+from jaxforget.data.pipeline import PKSampler, eval_dataset, train_dataset
+from jaxforget.data.source import ArraySource
 from jaxforget.data.synthetic import SyntheticFaces
 
 
@@ -137,18 +136,10 @@ def test_corrupt_images_masked_in_eval_and_replaced_in_train(tmp_path, caplog):
     assert "a/1.png" in src.failure_report()
 
 
-def test_normalize_is_jittable():
-    x = np.array([[[[0, 127, 255]]]], np.uint8)
-    y = jax.jit(normalize, static_argnums=())(x, 127.5, 128.0)
-    np.testing.assert_allclose(np.asarray(y), (x.astype(np.float32) - 127.5) / 128.0, rtol=1e-6)
-    assert y.dtype == jnp.float32
-    z = normalize(x, (0.0, 1.0, 2.0), (1.0, 1.0, 1.0), dtype=jnp.bfloat16)
-    assert z.dtype == jnp.bfloat16 and float(z[0, 0, 0, 2]) == 253.0
-
 
 @pytest.mark.real_data
 def test_real_celeba_pk_pipeline(shared):
-    from jaxforget.data.sources import CelebASource
+    from jaxforget.data.formats.celeba import CelebASource
     from jaxforget.data.splits import split_source
 
     src = CelebASource(str(shared("data", "celeba_subset")), output_size=(112, 96))

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from jaxforget.data.sources import EmptyDatasetError
+from jaxforget.data.source import EmptyDatasetError
 from jaxforget.data.splits import Split, SplitError, make_split, split_source
 
 
@@ -90,7 +90,7 @@ def test_split_source_checks_fingerprint():
 
 @pytest.mark.real_data
 def test_real_celeba_split(shared):
-    from jaxforget.data.sources import CelebASource
+    from jaxforget.data.formats.celeba import CelebASource
 
     src = CelebASource(str(shared("data", "celeba_subset")), output_size=(112, 96))
     a = split_source(src, num_forget=10, min_images=5, seed=0)

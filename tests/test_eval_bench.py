@@ -1,17 +1,11 @@
 """The retrieval benchmark's workers agree with each other on a tiny gallery (smoke test, not timed)."""
 
-import importlib.util
-import pathlib
-
 import pytest
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+from benchmarks import bench_retrieval as bench
 
 
 def test_bench_workers_small():
-    spec = importlib.util.spec_from_file_location("bench_retrieval", ROOT / "tools" / "bench_retrieval.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
     exact = bench.worker("exact", 1500, 32, None)
     ref = bench.worker("numpy_ref", 1500, 32, None)
     flat = bench.worker("faiss_flat", 1500, 32, None)

@@ -1,15 +1,11 @@
 """The leakage check finds a forget identity hidden under another label, and passes a clean set."""
 
-import importlib.util
 import json
-import pathlib
 
 import numpy as np
 
 from jaxforget.eval.embed import Embeddings
 from jaxforget.eval.leakage import format_leakage_report, leakage_check
-
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _unit(x):
@@ -50,9 +46,7 @@ def test_planted_leak_is_flagged_and_clean_set_passes():
 
 
 def test_cli_writes_json_and_exit_status(tmp_path, capsys):
-    spec = importlib.util.spec_from_file_location("leakage_check", ROOT / "tools" / "leakage_check.py")
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
+    from tools import leakage_check as tool
     forget, other = _sets(np.random.default_rng(1), leak=True)
     fp, op = forget.save(tmp_path / "f.npz"), other.save(tmp_path / "o.npz")
     rc = tool.main(["--forget", str(fp), "--other", str(op), "--out", str(tmp_path / "rep.json")])

@@ -93,3 +93,40 @@ def test_registry_runs_by_name_and_reports_missing_sets():
         P.run_protocols(["cfp_fp"], sets)
     with pytest.raises(KeyError, match="unknown protocol"):
         P.run_protocols(["forget_bsae"], sets)
+
+
+def test_each_protocol_is_one_record_that_declares_its_sets():
+    for name, p in P.PROTOCOLS.items():
+        assert p.name == name and p.doc and callable(p.run)
+        assert p.arg is None or p.arg in p.sets or not p.sets  # the slot `name:<set>` fills
+        assert P.required_sets([name]) == set(p.reads())
+    # `name:<set>` replaces the record's argument slot, the other sets stay.
+    assert P.PROTOCOLS["forget_extended"].needs("other") == ("forget_test", "other")
+    assert P.PROTOCOLS["retain_search"].needs("orl") == ("orl",)
+    assert P.PROTOCOLS["verification"].needs() == () and P.PROTOCOLS["verification"].needs("lfw") == ("lfw",)
+    assert P.required_sets(["forget_base"]) == {"forget_test", "forget_train", "retain_train"}
+    assert P.required_sets(["retain_search:orl", "cfp_fp_extended"]) == {
+        "orl", "retain_train", "cfp_frontal", "cfp_profile", "distractors"}
+    with pytest.raises(KeyError, match="unknown protocol 'nope'"):
+        P.required_sets(["nope"])
+
+
+def test_a_protocol_reads_only_the_sets_its_record_declares():
+    rng = np.random.default_rng(6)
+    ft, fr = _clustered(rng, 3, 4), _clustered(rng, 3, 4)
+    rt = _clustered(rng, 2, 4, label_offset=3)
+    # forget_base reads forget_test, and forget_train / retain_train when given (centroid acc).
+    p = P.PROTOCOLS["forget_base"]
+    assert set(p.inputs({"forget_test": ft, "orl": rt})) == {"forget_test", "forget_train", "retain_train"}
+    assert p.inputs({"forget_test": ft})["forget_train"] is None
+    assert "acc" not in P.run_protocols(["forget_base"], {"forget_test": ft})["forget_base"]
+    with_train = P.run_protocols(["forget_base"], {"forget_test": ft, "forget_train": fr, "retain_train": rt})
+    assert with_train["forget_base"]["acc"] == pytest.approx(
+        M.centroid_accuracy(np.concatenate([fr.emb, rt.emb]), np.concatenate([fr.labels, rt.labels]),
+                            ft.emb, ft.labels)["acc"])
+    # The argument names the set read for the slot; a missing one names protocol and set.
+    assert P.PROTOCOLS["retain_search"].inputs({"orl": rt}, "orl")["retain_test"] is rt
+    with pytest.raises(KeyError, match=r"protocol 'retain_search:orl' needs the embedding set 'orl'"):
+        P.run_protocols(["retain_search:orl"], {"retain_test": rt})
+    with pytest.raises(KeyError, match=r"protocol 'verification' found no PairSet"):
+        P.run_protocols(["verification"], {"forget_test": ft})

@@ -14,7 +14,7 @@ def test_lfw_small_verification_with_mobilefacenet(shared):
     binp = shared("data", "lfw_small.bin")
     pytest.importorskip("torch", reason="reading the PyTorch checkpoint needs torch")
     from jaxforget.data.pipeline import eval_dataset
-    from jaxforget.data.sources import VerificationBinSource
+    from jaxforget.data.formats.verification_bin import VerificationBinSource
     from jaxforget.models import load_pretrained
 
     bundle, variables = load_pretrained({"name": "mobilefacenet", "init": str(ckpt)})

@@ -1,8 +1,7 @@
 """results.json / results.md writing, aggregation over runs (and its CLI), the t-SNE figure."""
 
-import importlib.util
+import importlib
 import json
-import pathlib
 
 import numpy as np
 import pytest
@@ -10,14 +9,9 @@ import pytest
 from jaxforget.eval import report as R
 from jaxforget.eval.embed import Embeddings
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
-
 
 def _load_tool(name):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "tools" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+    return importlib.import_module(f"tools.{name}")
 
 
 def _run(seed, method, rng):

@@ -1,6 +1,6 @@
 """Real weights: the CASIA MobileFaceNet (068.ckpt) converted to Flax retrieves ORL faces.
 
-FORMATS.md: an independent numpy forward pass measured leave-one-out mAP 0.967 and R@1 0.995 on
+docs/FORMATS.md: an independent numpy forward pass measured leave-one-out mAP 0.967 and R@1 0.995 on
 the 400 ORL images (grey replicated to RGB, resized to 96x112, pixels (x - 127.5) / 128, embedding
 = concat(features(image), features(flipped image)), L2-normalised). The Flax port must reach
 mAP >= 0.95.
@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxforget import checkpoint, convert
-from jaxforget.models import load_pretrained
+from jaxforget.io import checkpoint
+from jaxforget.models import load_pretrained, loading
 
 pytestmark = [pytest.mark.real_data]
 
@@ -63,7 +63,7 @@ def test_converted_mobilefacenet_retrieves_orl(shared, tmp_path):
     assert images.shape == (400, 112, 96, 3) and len(np.unique(labels)) == 40
 
     # Through the converter's orbax output, as a user would (tools/convert_insightface.py).
-    summary = convert.convert_torch_checkpoint(ckpt, tmp_path / "mfn")
+    summary = loading.convert_torch_checkpoint(ckpt, tmp_path / "mfn")
     assert summary["name"] == "mobilefacenet" and summary["keys_in_checkpoint"] == 333
     assert checkpoint.load_variables(tmp_path / "mfn")[1]["model"]["input_size"] == [112, 96]
     bundle, variables = load_pretrained({"name": "mobilefacenet", "init": str(tmp_path / "mfn")})

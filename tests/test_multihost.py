@@ -17,7 +17,10 @@ import jax
 import numpy as np
 import pytest
 
-from jaxforget import checkpoint, experiment
+from jaxforget import experiment
+from jaxforget.io import checkpoint
+
+from runner_fixtures import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3
@@ -25,7 +28,7 @@ STEPS = 3
 DRIVER = f"""
 import pathlib, sys
 sys.path.insert(0, {str(ROOT / 'tests')!r})
-from test_runner import tiny_config
+from runner_fixtures import tiny_config
 from jaxforget import experiment
 pid, port, workdir = int(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])
 c = tiny_config()
@@ -46,8 +49,6 @@ def _free_port() -> int:
 
 @pytest.mark.slow
 def test_two_processes_equal_one_process(tmp_path):
-    from test_runner import tiny_config  # pylint: disable=import-outside-toplevel
-
     assert jax.device_count() == 4, "conftest should provide 4 fake CPU devices"
     c = tiny_config()
     c.cache_dir = str(tmp_path / "one" / "cache")

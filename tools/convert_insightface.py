@@ -21,7 +21,8 @@ import json
 import sys
 from typing import Sequence
 
-from jaxforget import convert
+from jaxforget.io import UnsafePickleError
+from jaxforget.models import loading
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -41,12 +42,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         if args.to_torch:
-            summary = convert.export_torch_checkpoint(args.input, args.output)
+            summary = loading.export_torch_checkpoint(args.input, args.output)
         else:
-            summary = convert.convert_torch_checkpoint(
+            summary = loading.convert_torch_checkpoint(
                 args.input, args.output, args.arch, tuple(args.input_size) if args.input_size else None
             )
-    except (ValueError, FileNotFoundError, ImportError, convert.UnsafeCheckpointError) as e:
+    except (ValueError, FileNotFoundError, ImportError, UnsafePickleError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     if args.json:

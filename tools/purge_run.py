@@ -26,15 +26,13 @@ Usage::
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import shutil
 import sys
 
-import ml_collections
-
-from jaxforget import experiment
-from jaxforget.data import splits
+from jaxforget import workdir as wd
+from jaxforget.data import splits, synthetic
+from jaxforget.errors import UserError
 
 RUN_ITEMS = ("checkpoints", "embeddings", "split.json", "tsne.png")
 MODEL_ITEMS = ("unlearned_model", "unlearned_backbone.pth")
@@ -44,17 +42,19 @@ def targets(run: pathlib.Path, keep_only_model: bool = False) -> list[pathlib.Pa
     """The paths (files or folders) that a purge of ``run`` removes; only existing ones."""
     run = pathlib.Path(run)
     if not (run / "config.json").exists():
-        raise experiment.UserError(f"{run}: no config.json; is this a jaxforget run directory?")
+        raise UserError(f"{run}: no config.json; is this a jaxforget run directory?")
     if keep_only_model:
         out = [p for p in run.iterdir() if p.name not in MODEL_ITEMS]
     else:
         out = [run / name for name in RUN_ITEMS]
     if (run / "split.json").exists():
-        cfg = ml_collections.ConfigDict(json.loads((run / "config.json").read_text()))
+        cfg = wd.read_config(run)
         split = splits.Split.load(run / "split.json")
-        out.append(experiment.embedding_path(cfg, split, run, "original", "forget_test").parent)
+        version = synthetic.GENERATOR_VERSION
+        out.append(wd.embedding_path(cfg, split, run, "original", "forget_test",
+                                     data_version=version).parent)
         if int(cfg.pretrain.steps) > 0:
-            out.append(experiment.base_model_path(cfg, split, run))
+            out.append(wd.base_model_path(cfg, split, run, data_version=version))
     return [p for p in out if p.exists()]
 
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         found = [(run, targets(run, args.keep_only_model)) for run in args.runs]
-    except experiment.UserError as e:
+    except UserError as e:
         raise SystemExit(f"error: {e}") from e
     total = 0
     for run, paths in found:

@@ -16,12 +16,13 @@ refused with the missing file named: re-run the experiment with them in ``evals`
 from __future__ import annotations
 
 import argparse
-import json
 import pathlib
 import sys
 
-from jaxforget import experiment
+from jaxforget.errors import UserError
 from jaxforget.eval import protocols, report
+from jaxforget.eval.report import STATES
+from jaxforget.eval.sets import load_stored_sets
 
 
 def reevaluate(run: pathlib.Path, evals: tuple[str, ...]) -> dict:
@@ -29,10 +30,10 @@ def reevaluate(run: pathlib.Path, evals: tuple[str, ...]) -> dict:
     if not (run / "results.json").exists():
         raise SystemExit(f"{run}: no results.json; is this a finished jaxforget run directory?")
     results = report.load_results(run / "results.json")
-    for state in experiment.STATES:
+    for state in STATES:
         try:
-            cfg, _, sets = experiment.load_stored_sets(run, tuple(evals), state)
-        except experiment.UserError as e:
+            cfg, _, sets = load_stored_sets(run, tuple(evals), state)
+        except UserError as e:
             raise SystemExit(str(e)) from e
         results[state].update(protocols.run_protocols(tuple(evals), sets, seed=int(cfg.seed)))
     meta = results.pop("meta")

@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     from jaxforget import experiment  # pylint: disable=import-outside-toplevel
+    from jaxforget.errors import UserError  # pylint: disable=import-outside-toplevel
     from jaxforget.eval import report  # pylint: disable=import-outside-toplevel
 
     methods = [m for m in args.methods.split(",") if m]
@@ -100,7 +101,7 @@ def main(argv=None) -> int:
             t0 = time.perf_counter()
             try:
                 res = experiment.run(cfg, wd)
-            except experiment.UserError as e:
+            except UserError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
             print(

@@ -177,7 +177,7 @@ def fixed_crop_box(image_size: Sequence[int], output_size: Sequence[int]) -> tup
     """Face box ``(left, top, right, bottom)`` used for CelebA aligned images without landmarks.
 
     Measured on the 89x109 CelebA images: the box ``(18, 28, 70, 88)`` resized to 96x112 gives a
-    CASIA MobileFaceNet leave-one-out mAP of 0.779 on the CelebA subset (FORMATS.md). The box is
+    CASIA MobileFaceNet leave-one-out mAP of 0.779 on the CelebA subset (docs/FORMATS.md). The box is
     scaled with the image (so ``(36, 56, 140, 176)`` on the official 178x218 images); when the
     requested output aspect differs from 96:112 the box width is widened or narrowed about its
     centre to match the output aspect (no distortion).

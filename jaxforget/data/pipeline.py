@@ -5,7 +5,8 @@ Batches are dicts of numpy arrays::
     {'image': uint8 (B, H, W, 3), 'label': int32 (B,), 'mask': bool (B,), 'index': int32 (B,)}
 
 ``index`` is the record index in the source (``-1`` for padding). Images stay ``uint8``; convert
-them on the device inside jitted code with :func:`normalize` and the model's constants.
+them on the device inside jitted code with :func:`jaxforget.ops.normalize_images` and the
+model's constants.
 
 Training (:func:`train_dataset`): batch ``b`` holds ``P`` distinct identities x ``K`` images.
 Identities are visited epoch by epoch in a seeded permutation (``len(identities) // P`` batches an
@@ -38,24 +39,12 @@ import sys
 from typing import Any, Hashable, Iterator, Mapping, Sequence
 
 import grain
-import jax.numpy as jnp
 import numpy as np
+from absl import flags
 
 log = logging.getLogger(__name__)
 
 Batch = dict[str, np.ndarray]
-
-
-def normalize(images: jnp.ndarray, mean: float | Sequence[float] = 127.5, std: float | Sequence[float] = 127.5, dtype=jnp.float32) -> jnp.ndarray:
-    """``(images - mean) / std`` as ``dtype``; jittable, for uint8 NHWC batches on the device.
-
-    IResNet uses ``mean=127.5, std=127.5``, MobileFaceNet ``127.5, 128``; ``mean`` / ``std`` may be
-    per-channel sequences.
-    """
-    x = jnp.asarray(images).astype(jnp.float32)
-    mean = jnp.asarray(mean, jnp.float32)
-    std = jnp.asarray(std, jnp.float32)
-    return ((x - mean) / std).astype(dtype)
 
 
 def default_read_options(num_threads: int | None = None) -> grain.ReadOptions:
@@ -242,8 +231,6 @@ def train_dataset(
     ds = ds.batch(sampler.batch_size, drop_remainder=True)
     it = ds.to_iter_dataset(default_read_options(num_threads))
     if worker_count > 0:
-        from absl import flags
-
         if not flags.FLAGS.is_parsed():  # grain's workers read absl flags; scripts may not parse them
             flags.FLAGS.mark_as_parsed()
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=int(worker_count)))

@@ -22,7 +22,8 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from jaxforget.data.sources import DataError, EmptyDatasetError
+from jaxforget.data.source import DataError, EmptyDatasetError
+from jaxforget.workdir import write_atomic
 
 SPLIT_FORMAT_VERSION = 1
 
@@ -159,11 +160,7 @@ class Split:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the split as JSON (atomically)."""
-        path = os.fspath(path)
-        tmp = path + ".tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_json(), f, separators=(",", ":"))
-        os.replace(tmp, path)
+        write_atomic(path, json.dumps(self.to_json(), separators=(",", ":")))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Split":

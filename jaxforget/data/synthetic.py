@@ -8,7 +8,7 @@ tint), expression (smile, open mouth, eye openness, brow raise), background (col
 low-frequency texture), clothing colour, an occluding patch now and then, and pixel noise.
 
 The nuisance factors dominate pixel distances, so raw pixels retrieve identities poorly, while the
-identity parameters stay visible, so a small encoder learns them (``tools/synthetic_check.py``
+identity parameters stay visible, so a small encoder learns them (``studies/synthetic_check.py``
 measures both). Rendering is vectorised numpy over a batch of images with anti-aliased (sigmoid)
 edges; images are a pure function of ``(seed, identity, image number, size)``.
 """
@@ -19,7 +19,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from jaxforget.data.sources import FaceSource, _as_size
+from jaxforget.data.source import FaceSource, as_size
 
 # Bump whenever a change to this file changes any rendered image: the runner's caches (base models
 # trained on synthetic identities, their embeddings) are keyed by it.
@@ -93,7 +93,7 @@ def _image_nuisance(seed: int, identity: int, image: int) -> dict[str, Any]:
 
 def render_faces(params: np.ndarray, nuisance: Sequence[dict[str, Any]], size: Sequence[int]) -> np.ndarray:
     """Render ``(N, H, W, 3)`` uint8 images from identity ``params (N, P)`` and per-image nuisance."""
-    h, w = _as_size(size)
+    h, w = as_size(size)
     n = len(params)
     P = {k: params[:, i][:, None, None].astype(np.float32) for k, i in _F.items()}
     Q = {k: np.asarray([d[k] for d in nuisance], np.float32) for k in nuisance[0] if k != "noise_seed"}
@@ -256,28 +256,3 @@ class SyntheticFaces(FaceSource):
 
     def _load(self, i: int) -> np.ndarray:
         return self.render([i])[0]
-
-
-def leave_one_out_map(features: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
-    """Leave-one-out retrieval over a set: each item queries all others by cosine similarity.
-
-    Returns ``(mAP, rank-1 accuracy)`` over queries that have at least one positive. A small
-    dense numpy helper for checks on a few thousand items (the library's full metrics live in
-    ``jaxforget.eval``).
-    """
-    f = np.asarray(features, np.float64).reshape(len(features), -1)
-    f = f - f.mean(0, keepdims=True) if f.shape[1] > 1 else f
-    f /= np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-    labels = np.asarray(labels)
-    sim = f @ f.T
-    np.fill_diagonal(sim, -np.inf)
-    order = np.argsort(-sim, axis=1, kind="stable")[:, :-1]  # drop the query itself (last)
-    pos = labels[order] == labels[:, None]
-    npos = pos.sum(1)
-    ok = npos > 0
-    if not ok.any():
-        raise ValueError("leave_one_out_map: no identity has two items, so no query has a positive")
-    hits = np.cumsum(pos, axis=1)
-    ranks = np.arange(1, pos.shape[1] + 1)
-    ap = (pos * hits / ranks).sum(1)[ok] / npos[ok]
-    return float(ap.mean()), float(pos[ok, 0].mean())

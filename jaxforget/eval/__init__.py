@@ -2,8 +2,10 @@
 
 Submodules: ``embed`` (sharded jitted inference -> :class:`Embeddings`), ``index`` (FAISS),
 ``metrics`` (exact mAP / CMC, Cluster Compactness, centroid accuracy), ``verification`` (1:1),
-``protocols`` (the paper's benchmarks by name), ``report`` (results.json / results.md, aggregation),
-``plots`` (t-SNE figure, imported lazily: it loads matplotlib and scikit-learn), ``leakage``.
+``protocols`` (the paper's benchmarks, one :class:`Protocol` record each), ``report``
+(results.json / results.md, aggregation), ``audit`` (re-identification attackers), ``leakage``;
+not imported here: ``plots`` (t-SNE figure: it loads matplotlib) and ``sets`` (the runner's
+evaluation sets: it builds them from the data sources).
 """
 
 from jaxforget.eval.embed import Embeddings, embed, embed_model, make_embed_fn
@@ -15,7 +17,7 @@ from jaxforget.eval.metrics import (
     retrieval_metrics,
     topk_retrieval_metrics,
 )
-from jaxforget.eval.protocols import PROTOCOLS, PairSet, required_sets, run_protocols
+from jaxforget.eval.protocols import PROTOCOLS, PairSet, Protocol, get_protocol, required_sets, run_protocols
 from jaxforget.eval.report import aggregate, aggregate_markdown, load_results, results_markdown, write_results
 from jaxforget.eval.verification import kfold_accuracy, tar_at_far, verify_bin, verify_pairs
 
@@ -23,7 +25,7 @@ __all__ = [
     "Embeddings", "embed", "embed_model", "make_embed_fn",
     "IndexConfig", "build_index", "measure_recall", "recall_at_k", "search",
     "centroid_accuracy", "compactness_score", "identity_centroids", "retrieval_metrics", "topk_retrieval_metrics",
-    "PROTOCOLS", "PairSet", "required_sets", "run_protocols",
+    "PROTOCOLS", "PairSet", "Protocol", "get_protocol", "required_sets", "run_protocols",
     "aggregate", "aggregate_markdown", "load_results", "results_markdown", "write_results",
     "kfold_accuracy", "tar_at_far", "verify_bin", "verify_pairs",
 ]

@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
 
 from jaxforget.eval.embed import Embeddings
 
@@ -35,8 +36,6 @@ def reid_audit(train: Embeddings, test: Embeddings, probe_c: float = 1.0, seed: 
         "num_queries": int(keep.sum()),
     }
     if len(classes) > 1:
-        from sklearn.linear_model import LogisticRegression  # pylint: disable=import-outside-toplevel
-
         probe = LogisticRegression(C=probe_c, max_iter=2000, random_state=seed)
         probe.fit(train.emb, train.labels)
         out["probe_acc"] = float(np.mean(probe.predict(xt) == yt))

@@ -3,9 +3,11 @@
 Eval batches follow the data contract (docs/ARCHITECTURE.md): ``{'image': uint8 (B, H, W, 3),
 'label': int32 (B,), 'mask': bool (B,), 'index': int32 (B,)}``, in order, with the last batch
 padded and masked. Padding rows are dropped. Images are normalised on the device,
-``(x - pixel_mean) / pixel_std``, then embedded. With ``flip='add'`` (or ``True``) the embedding of
-the horizontally flipped image is added before L2 normalisation (InsightFace's evaluation
-convention); ``flip='concat'`` concatenates the two normalised-later halves instead (doubling d).
+``(x - pixel_mean) / pixel_std`` (:func:`jaxforget.ops.normalize_images`), then embedded and
+L2-normalised (:func:`jaxforget.ops.l2_normalize`). With ``flip='add'`` (or ``True``) the
+embedding of the horizontally flipped image is added before L2 normalisation (InsightFace's
+evaluation convention); ``flip='concat'`` concatenates the two normalised-later halves instead
+(doubling d).
 
 Each batch is padded to a multiple of the device count and sharded along its first axis over a
 1-D ``('data',)`` mesh of all local devices; variables are replicated.
@@ -26,6 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec as P
+
+from jaxforget.ops import l2_normalize, normalize_images
 
 ApplyFn = Callable[[Any, jax.Array], jax.Array]
 
@@ -128,11 +132,6 @@ class Progress:
         print(f"[{self.desc}] {self.count}{tot} images, {el:.1f}s, {rate:.1f} img/s{end}", file=self.stream, flush=True)
 
 
-def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-    x = x.astype(jnp.float32)
-    return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
-
-
 def make_embed_fn(
     apply_fn: ApplyFn, pixel_mean: float, pixel_std: float, flip: bool | str = True
 ) -> Callable[[Any, jax.Array], jax.Array]:
@@ -142,7 +141,7 @@ def make_embed_fn(
         raise ValueError(f"flip={flip!r}; expected True/False, 'add', 'concat' or 'none'")
 
     def fn(variables: Any, images: jax.Array) -> jax.Array:
-        x = (images.astype(jnp.float32) - pixel_mean) / pixel_std
+        x = normalize_images(images, pixel_mean, pixel_std)
         e = apply_fn(variables, x).astype(jnp.float32)
         if mode == "none":
             return l2_normalize(e)

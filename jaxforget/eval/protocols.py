@@ -15,8 +15,10 @@ any other name     a labelled source for ``retain_search:<name>`` (VGGFace2 test
                    a :class:`PairSet` for ``verification:<name>``
 =================  ==========================================================================
 
-Protocols (``PROTOCOLS``; a config lists names, e.g. ``evals=('forget_base', 'retain_search')``;
-``name:arg`` picks the source set):
+Each protocol is one :class:`Protocol` record in ``PROTOCOLS``: its name, what it computes, the
+sets it reads and the function that runs it; :func:`required_sets`, :func:`run_protocols` and the
+runner (:mod:`jaxforget.eval.sets`) derive everything from the records. A config lists names,
+e.g. ``evals=('forget_base', 'retain_search')``; ``name:arg`` picks the source set:
 
 * ``forget_base``: queries = forget test, gallery = the same set minus the query's own image.
   Adds ``CS`` over the forget test embeddings and, when ``forget_train`` is present, centroid
@@ -51,6 +53,7 @@ import numpy as np
 
 from jaxforget.eval import metrics as M
 from jaxforget.eval import verification as V
+from jaxforget.eval.audit import reid_audit
 from jaxforget.eval.embed import Embeddings
 
 
@@ -110,11 +113,6 @@ def _identity_metrics(test: Embeddings, train: Embeddings | None) -> Metrics:
         out["acc"] = acc["acc"]
         out["acc_num_skipped"] = acc["num_skipped"]
     return out
-
-
-def _centroid_train(sets: EvalSets) -> Embeddings | None:
-    parts = [sets[k] for k in ("forget_train", "retain_train") if isinstance(sets.get(k), Embeddings)]
-    return Embeddings.concatenate(parts) if parts else None
 
 
 def forget_base(forget_test: Embeddings, centroid_train: Embeddings | None = None, **kw: Any) -> Metrics:
@@ -183,7 +181,57 @@ def verification(pairs: PairSet, **kw: Any) -> Metrics:
 
 
 # ----------------------------------------------------------------------------------------------
-# Registry
+# The records: what each protocol computes and the sets it reads
+
+
+@dataclasses.dataclass(frozen=True)
+class Protocol:
+    """One evaluation protocol: what it computes and which sets it reads.
+
+    ``sets`` are the sets it needs, by their standard names; ``optional`` ones are read when given
+    (the train sets whose centroids give ``acc``). ``arg`` is the one of ``sets`` that
+    ``name:<set>`` replaces; when it is not among ``sets`` (``verification``), the plain name reads
+    every given set of type ``kind``. A protocol with ``arg=None`` ignores a ``:<set>`` suffix.
+    ``run(inputs, arg, seed, opts)`` gets ``inputs`` keyed by the names in ``sets`` and
+    ``optional`` (``None`` for an absent optional set) and returns ``{result name: metrics}``.
+    """
+
+    name: str
+    doc: str
+    run: Callable[[Mapping[str, Any], str | None, int, Mapping[str, Any]], dict[str, Metrics]]
+    sets: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    arg: str | None = None
+    kind: type = Embeddings
+
+    def needs(self, arg: str | None = None) -> tuple[str, ...]:
+        """The sets ``name[:arg]`` cannot run without (empty: every given set of ``kind``)."""
+        if not arg or self.arg is None:
+            return self.sets
+        if self.arg not in self.sets:
+            return (arg,)
+        return tuple(arg if s == self.arg else s for s in self.sets)
+
+    def reads(self, arg: str | None = None) -> tuple[str, ...]:
+        """Every set ``name[:arg]`` reads: :meth:`needs`, then the optional ones."""
+        need = self.needs(arg)
+        return need + tuple(s for s in self.optional if s not in need)
+
+    def inputs(self, sets: EvalSets, arg: str | None = None) -> dict[str, Any]:
+        """The sets given for ``name[:arg]``, keyed as ``run`` reads them (KeyError: one missing)."""
+        full = self.name if arg is None else f"{self.name}:{arg}"
+        if self.arg is not None and self.arg not in self.sets and not arg:
+            found = {k: v for k, v in sets.items() if isinstance(v, self.kind)}
+            if not found:
+                raise KeyError(f"protocol {full!r} found no {self.kind.__name__} among the sets "
+                               f"{sorted(sets)}")
+            return found
+        out = {slot: _need(sets, name, full, self.kind)
+               for slot, name in zip(self.sets or (self.arg,), self.needs(arg))}
+        for slot in self.optional:
+            v = sets.get(slot)
+            out[slot] = v if isinstance(v, Embeddings) else None
+        return out
 
 
 def _need(sets: EvalSets, key: str, protocol: str, kind: type = Embeddings) -> Any:
@@ -197,84 +245,86 @@ def _need(sets: EvalSets, key: str, protocol: str, kind: type = Embeddings) -> A
     return v
 
 
-def _run_forget_base(sets: EvalSets, arg: str | None, opts: Mapping[str, Any]) -> dict[str, Metrics]:
-    return {"forget_base": forget_base(_need(sets, arg or "forget_test", "forget_base"), _centroid_train(sets), **opts)}
+CENTROID_SETS = ("forget_train", "retain_train")  # the model's label space, for centroid ``acc``
 
 
-def _run_forget_extended(sets: EvalSets, arg: str | None, opts: Mapping[str, Any]) -> dict[str, Metrics]:
-    return {
-        "forget_extended": forget_extended(
-            _need(sets, "forget_test", "forget_extended"),
-            _need(sets, arg or "distractors", "forget_extended"),
-            _centroid_train(sets), **opts,
-        )
-    }
+def _centroid_train(inputs: Mapping[str, Any]) -> Embeddings | None:
+    parts = [inputs[k] for k in CENTROID_SETS if inputs.get(k) is not None]
+    return Embeddings.concatenate(parts) if parts else None
 
 
-def _run_retain_search(sets: EvalSets, arg: str | None, opts: Mapping[str, Any]) -> dict[str, Metrics]:
-    key = arg or "retain_test"
-    train = sets.get("retain_train") if key == "retain_test" else None
+def _run_forget_base(inputs, arg, seed, opts) -> dict[str, Metrics]:
+    return {"forget_base": forget_base(inputs["forget_test"], _centroid_train(inputs), **opts)}
+
+
+def _run_forget_extended(inputs, arg, seed, opts) -> dict[str, Metrics]:
+    return {"forget_extended": forget_extended(inputs["forget_test"], inputs["distractors"],
+                                               _centroid_train(inputs), **opts)}
+
+
+def _run_retain_search(inputs, arg, seed, opts) -> dict[str, Metrics]:
+    # Other sources have their own label spaces: centroid ``acc`` only for the retain test set.
+    train = inputs["retain_train"] if (arg or "retain_test") == "retain_test" else None
     name = "retain_search" if arg is None else f"retain_search:{arg}"
-    seed = int(opts.get("seed", 0))
-    kw = {k: v for k, v in opts.items() if k != "seed"}
-    return {name: retain_search(_need(sets, key, name), seed=seed, centroid_train=train, **kw)}
+    return {name: retain_search(inputs["retain_test"], seed=seed, centroid_train=train, **opts)}
 
 
-def _run_cfp(extended: bool) -> Callable[[EvalSets, str | None, Mapping[str, Any]], dict[str, Metrics]]:
-    def run(sets: EvalSets, arg: str | None, opts: Mapping[str, Any]) -> dict[str, Metrics]:
-        name = "cfp_fp_extended" if extended else "cfp_fp"
-        d = _need(sets, arg or "distractors", name) if extended else None
-        return {name: cfp_fp(_need(sets, "cfp_frontal", name), _need(sets, "cfp_profile", name), d, **opts)}
-
-    return run
+def _run_cfp_fp(inputs, arg, seed, opts) -> dict[str, Metrics]:
+    return {"cfp_fp": cfp_fp(inputs["cfp_frontal"], inputs["cfp_profile"], None, **opts)}
 
 
-def _run_verification(sets: EvalSets, arg: str | None, opts: Mapping[str, Any]) -> dict[str, Metrics]:
-    names = [arg] if arg else sorted(k for k, v in sets.items() if isinstance(v, PairSet))
-    if not names:
-        raise KeyError(f"protocol 'verification' found no PairSet among the sets {sorted(sets)}")
-    return {f"verification/{n}": verification(_need(sets, n, "verification", PairSet)) for n in names}
+def _run_cfp_fp_extended(inputs, arg, seed, opts) -> dict[str, Metrics]:
+    return {"cfp_fp_extended": cfp_fp(inputs["cfp_frontal"], inputs["cfp_profile"],
+                                      inputs["distractors"], **opts)}
 
 
-def _run_reid_audit(sets: EvalSets, arg: str | None, opts: Mapping[str, Any]) -> dict[str, Metrics]:
-    from jaxforget.eval.audit import reid_audit  # pylint: disable=import-outside-toplevel
-
-    return {"reid_audit": reid_audit(_need(sets, "forget_train", "reid_audit"),
-                                     _need(sets, "forget_test", "reid_audit"))}
+def _run_verification(inputs, arg, seed, opts) -> dict[str, Metrics]:
+    pairs = {arg: inputs["pairs"]} if arg else inputs
+    return {f"verification/{n}": verification(pairs[n]) for n in sorted(pairs)}
 
 
-PROTOCOLS: dict[str, Callable[[EvalSets, str | None, Mapping[str, Any]], dict[str, Metrics]]] = {
-    "forget_base": _run_forget_base,
-    "forget_extended": _run_forget_extended,
-    "retain_search": _run_retain_search,
-    "cfp_fp": _run_cfp(False),
-    "cfp_fp_extended": _run_cfp(True),
-    "verification": _run_verification,
-    "reid_audit": _run_reid_audit,
-}
+def _run_reid_audit(inputs, arg, seed, opts) -> dict[str, Metrics]:
+    return {"reid_audit": reid_audit(inputs["forget_train"], inputs["forget_test"])}
+
+
+PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
+    Protocol("forget_base", "self-search of the forget test images (queries = gallery minus the "
+             "query itself); CS, centroid acc", _run_forget_base,
+             sets=("forget_test",), optional=CENTROID_SETS, arg="forget_test"),
+    Protocol("forget_extended", "forget_base with every distractor added to the gallery",
+             _run_forget_extended, sets=("forget_test", "distractors"), optional=CENTROID_SETS,
+             arg="distractors"),
+    Protocol("retain_search", "per-identity query / gallery halves of a labelled source; CS, "
+             "centroid acc for the retain test set", _run_retain_search,
+             sets=("retain_test",), optional=("retain_train",), arg="retain_test"),
+    Protocol("cfp_fp", "frontal-to-profile search on CFP", _run_cfp_fp,
+             sets=("cfp_frontal", "cfp_profile")),
+    Protocol("cfp_fp_extended", "cfp_fp with every distractor added to the gallery",
+             _run_cfp_fp_extended, sets=("cfp_frontal", "cfp_profile", "distractors"),
+             arg="distractors"),
+    Protocol("verification", "10-fold accuracy and TAR@FAR on pair sets (every PairSet given, "
+             "or the one named)", _run_verification, arg="pairs", kind=PairSet),
+    Protocol("reid_audit", "1-NN and linear-probe attackers fit on forget train, tested on "
+             "forget test", _run_reid_audit, sets=("forget_train", "forget_test")),
+)}
 
 RETRIEVAL_OPTS = ("ks", "max_block_bytes", "gallery_chunk")
+
+
+def get_protocol(full: str) -> tuple[Protocol, str | None]:
+    """The record and the ``:<set>`` argument of a config's protocol entry ``name[:set]``."""
+    name, _, arg = full.partition(":")
+    if name not in PROTOCOLS:
+        raise KeyError(f"unknown protocol {name!r}; known: {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name], arg or None
 
 
 def required_sets(names: Iterable[str]) -> set[str]:
     """Names of the embedding sets the listed protocols read (for the runner to embed)."""
     need: set[str] = set()
     for full in names:
-        name, _, arg = full.partition(":")
-        if name not in PROTOCOLS:
-            raise KeyError(f"unknown protocol {name!r}; known: {sorted(PROTOCOLS)}")
-        if name in ("forget_base", "forget_extended", "reid_audit"):
-            need |= {"forget_test", "forget_train"}
-        if name == "forget_extended":
-            need.add(arg or "distractors")
-        if name == "retain_search":
-            need |= {arg} if arg else {"retain_test", "retain_train"}
-        if name.startswith("cfp_fp"):
-            need |= {"cfp_frontal", "cfp_profile"}
-        if name == "cfp_fp_extended":
-            need.add(arg or "distractors")
-        if name == "verification" and arg:
-            need.add(arg)
+        protocol, arg = get_protocol(full)
+        need.update(protocol.reads(arg))
     return need
 
 
@@ -289,9 +339,6 @@ def run_protocols(names: Iterable[str], sets: EvalSets, seed: int = 0, **opts: A
         raise TypeError(f"run_protocols: unknown option(s) {bad}; allowed: {RETRIEVAL_OPTS}")
     results: dict[str, Metrics] = {}
     for full in names:
-        name, _, arg = full.partition(":")
-        if name not in PROTOCOLS:
-            raise KeyError(f"unknown protocol {name!r} in evals; known: {sorted(PROTOCOLS)}")
-        o = dict(opts, seed=seed) if name == "retain_search" else dict(opts)
-        results.update(PROTOCOLS[name](sets, arg or None, o))
+        protocol, arg = get_protocol(full)
+        results.update(protocol.run(protocol.inputs(sets, arg), arg, seed, dict(opts)))
     return results

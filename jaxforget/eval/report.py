@@ -26,6 +26,8 @@ from typing import Any
 
 import numpy as np
 
+from jaxforget import workdir as workdir_lib
+
 STATES = ("original", "unlearned")
 PERCENT_KEYS = ("mAP", "R@1", "R@5", "R@10", "acc", "acc_std", "mAP@K", "knn_acc", "probe_acc", "chance")
 AUDIT_COLS = ("knn_acc", "probe_acc", "chance")
@@ -35,20 +37,6 @@ IDENTITY_COLS = ("acc", "CS")
 
 def _is_percent(key: str) -> bool:
     return key in PERCENT_KEYS or key.startswith("TAR@")
-
-
-def _jsonable(x: Any) -> Any:
-    if isinstance(x, Mapping):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, np.ndarray):
-        return _jsonable(x.tolist())
-    if isinstance(x, np.generic):
-        return _jsonable(x.item())
-    if isinstance(x, float) and not math.isfinite(x):
-        return None  # JSON has no NaN; null means "not defined" (e.g. no query evaluated)
-    return x
 
 
 def fmt(key: str, value: Any) -> str:
@@ -148,19 +136,17 @@ def write_results(
     wd.mkdir(parents=True, exist_ok=True)
     data = {k: v for k, v in results.items() if k != "meta"}
     data["meta"] = dict(meta or results.get("meta", {}) or {})
-    data = _jsonable(data)
+    data = workdir_lib.jsonable(data)
     jp, mp = wd / "results.json", wd / "results.md"
-    for path, text in ((jp, json.dumps(data, indent=2, sort_keys=False)), (mp, results_markdown(data))):
-        tmp = path.with_name(path.name + ".partial")  # an interruption leaves no torn file
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
+    workdir_lib.write_json(jp, data)  # atomic: an interruption leaves no torn file
+    workdir_lib.write_atomic(mp, results_markdown(data) + "\n")
     return jp, mp
 
 
 def load_results(path: str | os.PathLike) -> dict[str, Any]:
     p = pathlib.Path(path)
     try:
-        data = json.loads(p.read_text())
+        data = workdir_lib.read_json(p)
     except json.JSONDecodeError as e:
         raise ValueError(f"{p}: not valid JSON ({e})") from e
     if not isinstance(data, dict) or not any(s in data for s in STATES):

@@ -2,7 +2,8 @@
 
 ``dispersion``: the paper's dispersion / hard dispersion losses (Eq. 5, 6) and the multi-view
 extension; ``margin``: CosFace / ArcFace; ``baselines``: the pieces of RL, GA, Boundary Shrink,
-Lipschitz and Contrastive Unlearning, and the retain terms.
+Lipschitz and Contrastive Unlearning, and the retain terms. ``l2_normalize`` is re-exported from
+:mod:`jaxforget.ops`.
 """
 
 from jaxforget.losses.baselines import (
@@ -18,7 +19,6 @@ from jaxforget.losses.baselines import (
 from jaxforget.losses.dispersion import (
     dispersion_loss,
     hard_dispersion_loss,
-    l2_normalize,
     masked_dispersion,
     multiview_dispersion_loss,
     positive_cosine_stats,
@@ -33,6 +33,7 @@ from jaxforget.losses.margin import (
     margin_loss,
     softmax_cross_entropy,
 )
+from jaxforget.ops import l2_normalize
 
 __all__ = [
     "MARGIN_KINDS",

@@ -27,8 +27,8 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
-from jaxforget.losses.dispersion import l2_normalize
 from jaxforget.losses.margin import MarginKind, cosine_logits, margin_loss
+from jaxforget.ops import l2_normalize
 
 Array = jax.Array
 EmbedFn = Callable[[Array], Array]

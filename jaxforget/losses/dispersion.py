@@ -13,8 +13,9 @@ sweep over margins does not retrace).
 
 Numerical care, so the losses are safe to differentiate anywhere:
 
-* ``l2_normalize`` multiplies by ``rsqrt(max(|x|^2, eps))``; a zero vector maps to zero, and its
-  gradient there is finite (``rsqrt(eps)`` times the identity: large, but never NaN).
+* ``l2_normalize`` (:func:`jaxforget.ops.l2_normalize`) multiplies by ``rsqrt(max(|x|^2, eps))``;
+  a zero vector maps to zero, and its gradient there is finite (``rsqrt(eps)`` times the
+  identity: large, but never NaN).
 * Masked-out entries are removed with ``jnp.where`` on values that are always finite (cosines in
   ``[-1, 1]``, fill value ``-2`` for the hardest-positive search), so no ``inf * 0`` can reach a
   gradient.
@@ -35,19 +36,12 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 
+from jaxforget.ops import l2_normalize
+
 Array = jax.Array
 
-# Squared-norm floor for ``l2_normalize``: below it the vector is treated as zero.
-_NORM_EPS = 1e-12
 # Fill value for non-positive entries in the hardest-positive search: below every cosine.
 _NO_POSITIVE_FILL = -2.0
-
-
-def l2_normalize(x: Array, axis: int = -1, eps: float = _NORM_EPS) -> Array:
-    """``x / ||x||`` along ``axis``, NaN-free: a zero vector stays zero (finite gradient)."""
-    x = jnp.asarray(x)
-    sq = jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axis, keepdims=True)
-    return (x * jax.lax.rsqrt(jnp.maximum(sq, eps))).astype(x.dtype)
 
 
 def positive_mask(labels: Array, valid: Array | None = None) -> Array:

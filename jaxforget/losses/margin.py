@@ -21,7 +21,7 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 
-from jaxforget.losses.dispersion import l2_normalize
+from jaxforget.ops import l2_normalize
 
 Array = jax.Array
 MarginKind = Literal["cosface", "arcface"]

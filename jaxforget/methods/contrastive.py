@@ -9,10 +9,14 @@ two forward passes (BatchNorm statistics are threaded through both in train mode
 from __future__ import annotations
 
 from jaxforget import losses
-from jaxforget.methods.base import HParams, Method, forget_valid
+from jaxforget.methods.hparams import HParams
+from jaxforget.methods.record import Method
+from jaxforget.methods.step import forget_valid
 
 
 def contrastive_unlearning_loss(fwd, head, batch, rng, hp: HParams, ctx):
+    """Reversed SupCon of forget anchors against retain embeddings, + ``retain_weight`` times
+    CosFace on the retain batch."""
     del rng
     forget, retain = batch["forget"], batch["retain"]
     zf = fwd(forget["image"])
@@ -32,7 +36,6 @@ def contrastive_unlearning_loss(fwd, head, batch, rng, hp: HParams, ctx):
 
 CONTRASTIVE = Method(
     name="contrastive", needs=("forget", "retain"), loss=contrastive_unlearning_loss,
-    generic_retain=False,
+    generic_retain=False, salun_loss="cosface",
     description="Contrastive Unlearning: reversed SupCon of forget anchors vs retain embeddings,"
-                " + retain CosFace.",
-    defaults={"retain_weight": 1.0})
+                " + retain CosFace.")

@@ -1,5 +1,8 @@
 """The paper's methods: dispersion and hard dispersion on forget batches, and the multi-view extension.
 
+One family file: the four records share one loss (:func:`make_dispersion_loss`), which differs
+only in ``hard`` (Eq. 6 instead of Eq. 5) and in whether the views are always on.
+
 ``disp`` / ``hard_disp`` (paper Eq. 5 / 6): minimise the dispersion loss of the forget batch
 (``hp.margin`` = ``m_d``); with ``augmented_views=True`` they switch to the multi-view loss.
 ``disp_aug`` / ``hard_disp_aug`` always use it: each forget image is augmented ``num_views`` times on
@@ -16,7 +19,9 @@ import jax
 import jax.numpy as jnp
 
 from jaxforget import losses
-from jaxforget.methods.base import HParams, Method, forget_valid, normalize_images, random_flip
+from jaxforget.methods.hparams import HParams
+from jaxforget.methods.record import Method
+from jaxforget.methods.step import forget_valid, normalize_images, random_flip
 
 
 def augment_views(rng: jax.Array, images: jax.Array, num_views: int, crop: float,
@@ -49,6 +54,9 @@ def augment_views(rng: jax.Array, images: jax.Array, num_views: int, crop: float
 
 
 def make_dispersion_loss(hard: bool, always_views: bool):
+    """The dispersion loss of the forget batch (``hard``: Eq. 6, else Eq. 5), over augmented
+    views when ``always_views`` or ``hp.augmented_views``; metrics: positive-pair cosines."""
+
     def loss_fn(fwd, head, batch, rng, hp: HParams, ctx):
         del head
         part = batch["forget"]
@@ -77,20 +85,21 @@ _NOTE = " No retain loss by default (paper: lambda = 0)."
 
 DISPERSION = Method(
     name="disp", needs=("forget",), loss=make_dispersion_loss(False, False), uses_head=False,
+    salun_loss="dispersion",
     description="Dispersion loss (Eq. 5) on forget batches." + _NOTE)
 
 HARD_DISPERSION = Method(
     name="hard_disp", needs=("forget",), loss=make_dispersion_loss(True, False), uses_head=False,
+    salun_loss="dispersion",
     description="Hard dispersion loss (Eq. 6) on forget batches." + _NOTE)
 
 DISPERSION_AUG = Method(
     name="disp_aug", needs=("forget",), loss=make_dispersion_loss(False, True), uses_head=False,
-    description="Dispersion over augmented views of each forget image (beyond the paper)." + _NOTE,
-    defaults={"augmented_views": True})
+    salun_loss="dispersion",
+    description="Dispersion over augmented views of each forget image (beyond the paper)." + _NOTE)
 
 HARD_DISPERSION_AUG = Method(
     name="hard_disp_aug", needs=("forget",), loss=make_dispersion_loss(True, True),
-    uses_head=False,
+    uses_head=False, salun_loss="dispersion",
     description="Hard dispersion over augmented views of each forget image (beyond the paper)."
-                + _NOTE,
-    defaults={"augmented_views": True})
+                + _NOTE)

@@ -28,14 +28,10 @@ from typing import Any
 
 import numpy as np
 
-from jaxforget.methods.base import Method
+from jaxforget.methods.record import Method
 from jaxforget.models.layers import BN_EPSILON
+from jaxforget.models.registry import FAMILIES
 
-# (last linear layer, BatchNorm after it) as paths into ``params`` / ``batch_stats``.
-OUTPUT_LAYERS = {
-    "mobilefacenet": (("linear1", "conv"), ("linear1", "bn")),
-    "iresnet": (("fc",), ("features",)),
-}
 
 
 def identity_basis(emb: np.ndarray, labels: np.ndarray, tol: float = 1e-6) -> np.ndarray:
@@ -80,10 +76,11 @@ def _replace(tree: Mapping[str, Any], path: tuple[str, ...], leaf: dict[str, Any
 
 def fold_output_map(family: str, variables: Mapping[str, Any], m: np.ndarray) -> dict[str, Any]:
     """Variables whose eval-mode embedding is ``m @ y`` where ``y`` is the original embedding."""
-    if family not in OUTPUT_LAYERS:
+    if family not in FAMILIES:
         raise ValueError(f"fold_output_map: no output layer known for model family {family!r}; "
-                         f"known: {sorted(OUTPUT_LAYERS)}")
-    lin_path, bn_path = OUTPUT_LAYERS[family]
+                         f"known: {sorted(FAMILIES)}")
+    # (last linear layer, BatchNorm after it) as paths into ``params`` / ``batch_stats``.
+    lin_path, bn_path = FAMILIES[family].output_layer
     params, stats = variables["params"], variables["batch_stats"]
     lin, bn, st = dict(_get(params, lin_path)), dict(_get(params, bn_path)), _get(stats, bn_path)
     k = np.asarray(lin["kernel"], np.float64)
@@ -129,5 +126,5 @@ PROJECT = Method(
     uses_head=False,
     generic_retain=False,
     closed_form=True,
-    defaults={"project": True},
+    salun_loss="dispersion",
 )

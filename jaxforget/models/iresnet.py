@@ -1,7 +1,7 @@
 """InsightFace's IResNet family (arcface_torch ``backbones/iresnet.py``) as Flax linen modules.
 
-The layer order, padding, BatchNorm constants and parameter layout follow ``FORMATS.md`` so that
-weights converted from PyTorch (:mod:`jaxforget.convert`) reproduce InsightFace's embeddings. The
+The layer order, padding, BatchNorm constants and parameter layout follow ``docs/FORMATS.md`` so that
+weights converted from PyTorch (:mod:`jaxforget.models.torch_layout`) reproduce InsightFace's embeddings. The
 module works in NHWC. Module names mirror the PyTorch keys with ``.N`` written ``_N``
 (``layer3.7.bn2`` is ``layer3_7/bn2``; ``layer1.0.downsample.0`` is ``layer1_0/downsample_0``).
 

@@ -16,7 +16,7 @@ same numbers:
   'SAME' padding differs from torch for stride 2 and must not be used. Depthwise convolutions
   (``groups == features``) become :class:`DepthwiseConv`, which keeps ``nn.Conv``'s parameter
   (``kernel`` of shape ``(kh, kw, 1, C)``) but computes a sum of shifted products: XLA's CPU
-  backend runs grouped convolutions 5-25x slower than that (``tools/bench_depthwise.py`` measures
+  backend runs grouped convolutions 5-25x slower than that (``benchmarks/bench_depthwise.py`` measures
   both; on GPU / TPU the formulation is elementwise work XLA fuses, not measured against cuDNN).
 """
 

@@ -1,6 +1,6 @@
 """MobileFaceNet (Chen et al. 2018) matching the CASIA-WebFace checkpoint ``068.ckpt``.
 
-Layout (``FORMATS.md``): ``conv1`` (3x3 s2) -> ``dw_conv1`` (depthwise 3x3) -> 15 inverted
+Layout (``docs/FORMATS.md``): ``conv1`` (3x3 s2) -> ``dw_conv1`` (depthwise 3x3) -> 15 inverted
 residual ``blocks`` -> ``conv2`` (1x1 -> 512) -> ``linear7`` (global depthwise conv over the whole
 H/16 x W/16 map) -> ``linear1`` (1x1 -> embedding). Every conv is bias-free and followed by a
 BatchNorm (eps 1e-5); PReLUs are per channel. Module names mirror the PyTorch keys with ``.N``

@@ -1,4 +1,4 @@
-"""Builds backbones by name from a config, and loads their pretrained variables.
+"""Builds backbones by name from a config (loading pretrained variables is :mod:`.loading`'s job).
 
 ``model_cfg`` is an ``ml_collections.ConfigDict`` or a plain dict with the fields
 
@@ -14,27 +14,72 @@ dropout        dropout rate before the embedding layer                          
 init           checkpoint to start from (orbax dir, ``.pth`` or ``.ckpt``); empty: random ''
 seed           random-init seed when ``init`` is empty                                 0
 ============== ======================================================================= ===========
+
+Everything that differs between the two backbone families (IResNet, MobileFaceNet) is one row of
+:data:`FAMILIES`; code that must tell them apart looks the row up with :func:`family_of`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import pathlib
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxforget.models.iresnet import IRESNET_STAGES, IResNet, fixed_parameter_shapes
+from jaxforget import ops
+from jaxforget.models.iresnet import IRESNET_STAGES, fixed_parameter_shapes, iresnet
 from jaxforget.models.mobilefacenet import MobileFaceNet
 
-_DEFAULTS = {
-    "iresnet": {"input_size": (112, 112), "embedding_size": 512, "pixel_mean": 127.5, "pixel_std": 127.5},
-    "mobilefacenet": {"input_size": (112, 96), "embedding_size": 128, "pixel_mean": 127.5, "pixel_std": 128.0},
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    """One backbone family: how to build it and the constants that go with it.
+
+    ``build(name, **fields)`` makes the Flax module of the canonical model ``name`` from the
+    config fields ``embedding_size``, ``input_size``, ``width_mult``, ``dropout`` and ``dtype``.
+    ``fixed_parameters(module)`` gives the PyTorch parameters the module holds as constant ones.
+    ``output_layer`` is the (linear, BatchNorm) module pair that produces the embedding.
+    """
+
+    name: str
+    models: tuple[str, ...]  # canonical model names of the family
+    build: Callable[..., nn.Module]
+    input_size: tuple[int, int]
+    embedding_size: int
+    pixel_mean: float
+    pixel_std: float
+    fixed_parameters: Callable[[nn.Module], dict[str, tuple[int, ...]]]
+    output_layer: tuple[tuple[str, ...], tuple[str, ...]]
+
+
+FAMILIES: dict[str, Family] = {
+    "iresnet": Family(
+        name="iresnet",
+        models=tuple(f"iresnet{d}" for d in IRESNET_STAGES),
+        build=lambda name, **fields: iresnet(int(name[len("iresnet"):]), **fields),
+        input_size=(112, 112),
+        embedding_size=512,
+        pixel_mean=127.5,
+        pixel_std=127.5,
+        fixed_parameters=fixed_parameter_shapes,
+        output_layer=(("fc",), ("features",)),
+    ),
+    "mobilefacenet": Family(
+        name="mobilefacenet",
+        models=("mobilefacenet",),
+        build=lambda name, **fields: MobileFaceNet(**fields),
+        input_size=(112, 96),
+        embedding_size=128,
+        pixel_mean=127.5,
+        pixel_std=128.0,
+        fixed_parameters=lambda module: {},
+        output_layer=(("linear1", "conv"), ("linear1", "bn")),
+    ),
 }
+_ALIASES = {"mfn": "mobilefacenet"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +100,7 @@ class ModelBundle:
 
     @property
     def family(self) -> str:
-        return "mobilefacenet" if self.name == "mobilefacenet" else "iresnet"
+        return family_of(self.name).name
 
     def config(self) -> dict[str, Any]:
         """The model config that rebuilds this bundle (stored in converted checkpoints)."""
@@ -71,17 +116,18 @@ class ModelBundle:
 
     def fixed_parameters(self) -> dict[str, tuple[int, ...]]:
         """PyTorch parameters held as constant ones by the Flax module (see ``iresnet``)."""
-        return fixed_parameter_shapes(self.module) if self.family == "iresnet" else {}
+        return family_of(self.name).fixed_parameters(self.module)
 
     def normalize(self, images: jax.Array) -> jax.Array:
         """uint8 (or float) pixels -> the float32 inputs the module expects."""
-        return (jnp.asarray(images, jnp.float32) - self.pixel_mean) / self.pixel_std
+        return ops.normalize_images(images, self.pixel_mean, self.pixel_std)
 
     def dummy_input(self, batch: int = 1) -> jax.Array:
         return jnp.zeros((batch, *self.input_size, 3), jnp.float32)
 
 
-def _get(cfg: Any, key: str, default: Any = None) -> Any:
+def config_field(cfg: Any, key: str, default: Any = None) -> Any:
+    """``cfg[key]`` of a dict, ``ConfigDict`` or object; ``default`` when missing or None."""
     if isinstance(cfg, Mapping):
         return cfg.get(key, default)
     try:
@@ -94,33 +140,38 @@ def _get(cfg: Any, key: str, default: Any = None) -> Any:
 def canonical_name(name: str) -> str:
     """``'r50'``/``'iresnet50'``/``'IResNet50'`` -> ``'iresnet50'``; ``'mobilefacenet'`` unchanged."""
     n = str(name).strip().lower()
-    if n in ("mobilefacenet", "mfn"):
-        return "mobilefacenet"
+    n = _ALIASES.get(n, n)
+    if n in FAMILIES["mobilefacenet"].models:
+        return n
     for prefix in ("iresnet", "r"):
         if n.startswith(prefix) and n[len(prefix):].isdigit() and int(n[len(prefix):]) in IRESNET_STAGES:
             return f"iresnet{int(n[len(prefix):])}"
     raise ValueError(
         f"model.name {name!r} is not known; use one of "
-        + ", ".join(f"iresnet{d}" for d in IRESNET_STAGES)
-        + ", mobilefacenet"
+        + ", ".join(m for f in FAMILIES.values() for m in f.models)
     )
+
+
+def family_of(name: str) -> Family:
+    """The :class:`Family` of a model name (any form :func:`canonical_name` accepts)."""
+    canonical = canonical_name(name)
+    return next(f for f in FAMILIES.values() if canonical in f.models)
 
 
 def build_model(model_cfg: Any) -> ModelBundle:
     """Builds the backbone named by ``model_cfg.name`` (see the module docstring for fields)."""
-    name = canonical_name(_get(model_cfg, "name", ""))
-    family = "mobilefacenet" if name == "mobilefacenet" else "iresnet"
-    defaults = _DEFAULTS[family]
-    input_size = tuple(int(s) for s in _get(model_cfg, "input_size", defaults["input_size"]))
+    name = canonical_name(config_field(model_cfg, "name", ""))
+    family = family_of(name)
+    input_size = tuple(int(s) for s in config_field(model_cfg, "input_size", family.input_size))
     if len(input_size) != 2 or any(s <= 0 or s % 16 for s in input_size):
         raise ValueError(
             f"model.input_size {input_size} must be (H, W) with both sides divisible by 16, e.g. "
-            f"{defaults['input_size']}"
+            f"{family.input_size}"
         )
-    embedding_size = int(_get(model_cfg, "embedding_size", defaults["embedding_size"]))
-    width_mult = float(_get(model_cfg, "width_mult", 1.0))
-    dropout = float(_get(model_cfg, "dropout", 0.0))
-    dtype = str(_get(model_cfg, "dtype", "float32"))
+    embedding_size = int(config_field(model_cfg, "embedding_size", family.embedding_size))
+    width_mult = float(config_field(model_cfg, "width_mult", 1.0))
+    dropout = float(config_field(model_cfg, "dropout", 0.0))
+    dtype = str(config_field(model_cfg, "dtype", "float32"))
     if dtype not in ("float32", "bfloat16"):
         raise ValueError(f"model.dtype {dtype!r} must be 'float32' or 'bfloat16'")
     if width_mult <= 0 or not 0.0 <= dropout < 1.0 or embedding_size <= 0:
@@ -128,20 +179,11 @@ def build_model(model_cfg: Any) -> ModelBundle:
             f"model.width_mult ({width_mult}) and model.embedding_size ({embedding_size}) must be positive and "
             f"model.dropout ({dropout}) in [0, 1)"
         )
-    if family == "mobilefacenet":
-        module: nn.Module = MobileFaceNet(
-            embedding_size=embedding_size, input_size=input_size, width_mult=width_mult, dropout=dropout, dtype=dtype
-        )
-    else:
-        module = IResNet(
-            stage_blocks=IRESNET_STAGES[int(name[len("iresnet"):])],
-            width_mult=width_mult,
-            embedding_size=embedding_size,
-            input_size=input_size,
-            dropout=dropout,
-            dtype=dtype,
-        )
-    return ModelBundle(module, name, input_size, embedding_size, defaults["pixel_mean"], defaults["pixel_std"])
+    module = family.build(
+        name, embedding_size=embedding_size, input_size=input_size, width_mult=width_mult, dropout=dropout,
+        dtype=dtype,
+    )
+    return ModelBundle(module, name, input_size, embedding_size, family.pixel_mean, family.pixel_std)
 
 
 def abstract_variables(bundle: ModelBundle) -> dict[str, Any]:
@@ -183,95 +225,3 @@ def init_variables(bundle: ModelBundle, seed: int = 0) -> dict[str, Any]:
 def _jit_init(module: nn.Module, input_size: tuple[int, int], key: jax.Array) -> Any:
     # Modules are hashable dataclasses: one compilation per architecture, reused across seeds.
     return module.init(key, jnp.zeros((1, *input_size, 3), jnp.float32), train=False)
-
-
-def _check_against(variables: Mapping[str, Any], bundle: ModelBundle, source: str) -> dict[str, Any]:
-    """Checks stored Flax variables against the bundle's shapes; returns them as float32 numpy."""
-    from jaxforget.convert import CheckpointMismatchError, _flat
-
-    expected = dict(_flat(abstract_variables(bundle)))
-    got = dict(_flat(variables))
-    problems = []
-    for k in sorted(expected.keys() | got.keys(), key=lambda k: (k[0] != "params", k)):
-        name = "/".join(k)
-        if k not in got:
-            problems.append(f"missing variable {name}: the model expects shape {tuple(expected[k].shape)}")
-        elif k not in expected:
-            problems.append(f"unexpected variable {name} with shape {tuple(np.shape(got[k]))}")
-        elif tuple(np.shape(got[k])) != tuple(expected[k].shape):
-            problems.append(
-                f"shape mismatch for {name}: checkpoint has {tuple(np.shape(got[k]))}, the model expects "
-                f"{tuple(expected[k].shape)}"
-            )
-    if problems:
-        shown = problems[:25]
-        more = f"\n  ... and {len(problems) - len(shown)} more" if len(problems) > len(shown) else ""
-        raise CheckpointMismatchError(
-            f"{source}: {len(problems)} variable(s) do not fit model {bundle.config()}:\n  " + "\n  ".join(shown)
-            + more + "\nLeave model fields empty to use the checkpoint's stored config, or fix the config."
-        )
-    return {c: jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), dict(t)) for c, t in variables.items()}
-
-
-def _merge_cfg(model_cfg: Any, stored: Mapping[str, Any]) -> dict[str, Any]:
-    """Fields given in ``model_cfg`` win over the checkpoint's; the architecture must agree."""
-    merged = dict(stored)
-    for key in ("name", "width_mult", "input_size", "embedding_size", "dtype", "dropout"):
-        value = _get(model_cfg, key, None)
-        if value not in (None, "", "auto"):
-            merged[key] = value
-    return merged
-
-
-def load_pretrained(model_cfg: Any) -> tuple[ModelBundle, dict[str, Any]]:
-    """Builds the model and its variables from ``model_cfg.init``.
-
-    * empty ``init``: random initialisation with ``model_cfg.seed`` (default 0);
-    * a directory written by ``tools/convert_insightface.py`` / ``save_variables``: the stored model
-      config fills any field ``model_cfg`` leaves empty (``name`` may be ``''`` or ``'auto'``); only
-      its ``params`` and ``batch_stats`` are returned (other stored entries are ignored);
-    * a PyTorch ``.pth`` / ``.pt`` / ``.ckpt``: read safely and converted on the fly; IResNet vs
-      MobileFaceNet (and the depth) are detected from the keys.
-
-    Raises a ``CheckpointMismatchError`` naming every key/shape that disagrees with the config.
-    """
-    init = str(_get(model_cfg, "init", "") or "")
-    if not init:
-        bundle = build_model(model_cfg)
-        return bundle, init_variables(bundle, int(_get(model_cfg, "seed", 0)))
-
-    from jaxforget import checkpoint, convert
-
-    path = pathlib.Path(init).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"model.init {init!r} does not exist; give an orbax directory or a .pth/.ckpt file")
-    if path.is_dir():
-        variables, metadata = checkpoint.load_variables(path)
-        stored = metadata.get("model")
-        if not isinstance(stored, Mapping):
-            raise ValueError(f"{path}: metadata has no 'model' config; was it written by tools/convert_insightface.py?")
-        merged = _merge_cfg(model_cfg, stored)
-        if canonical_name(merged["name"]) != canonical_name(stored["name"]):
-            raise ValueError(
-                f"{path}: holds a {stored['name']} but model.name is {merged['name']!r}; set model.name to "
-                f"{stored['name']!r} or leave it empty"
-            )
-        bundle = build_model(merged)
-        # Other entries a runner may store beside the backbone (e.g. a CosFace 'head') are not
-        # backbone variables; only the flax collections are loaded.
-        backbone = {c: variables[c] for c in ("params", "batch_stats") if c in variables}
-        return bundle, _check_against(backbone, bundle, str(path))
-
-    state_dict = convert.load_torch_state_dict(path)
-    name = _get(model_cfg, "name", "")
-    arch = "auto"
-    if name not in ("", "auto"):
-        arch = "mobilefacenet" if canonical_name(name) == "mobilefacenet" else "iresnet"
-    size = _get(model_cfg, "input_size", None)
-    info = convert.detect_arch(state_dict, arch, tuple(size) if size else None, source=str(path))
-    merged = _merge_cfg(model_cfg, info.model_config())
-    if canonical_name(merged["name"]) != info.name:
-        raise ValueError(f"{path}: holds a {info.name} but model.name is {merged['name']!r}")
-    bundle = build_model(merged)
-    variables = convert.torch_to_flax(state_dict, abstract_variables(bundle), bundle.fixed_parameters(), str(path))
-    return bundle, variables

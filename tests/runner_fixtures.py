@@ -1,0 +1,37 @@
+"""The tiny experiment config shared by the runner tests (``tests/test_runner.py``,
+``tests/test_multihost.py``, ``tests/test_validation.py``, ``tests/test_eval_sets.py``,
+``tests/test_workdir.py``)."""
+
+import importlib.util
+import pathlib
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def load_config(method: str, preset: str = ""):
+    """``configs/<method>.py:<preset>``, as ``--config=configs/<method>.py:<preset>`` gives it."""
+    spec = importlib.util.spec_from_file_location(f"configs_{method}", ROOT / "configs" / f"{method}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(preset)
+
+
+def tiny_config(method="hard_disp"):
+    """The demo config at toy scale: a 16x16 IResNet-18 of width 1/8 on 16 synthetic identities,
+    2 pretraining steps and 1 unlearning step (seconds on a CPU)."""
+    c = load_config(method, "demo")
+    c.model.width_mult = 0.125
+    c.model.input_size = (16, 16)
+    c.model.embedding_size = 32
+    c.data.num_identities = 16
+    c.data.images_per_identity = 6
+    c.forget.num_identities = 4
+    c.pretrain.steps = 2
+    c.pretrain.batch_size = 16
+    c.method.steps = 1
+    c.method.batch_size = 8
+    c.method.retain_batch_size = 8
+    c.eval.batch_size = 32
+    c.eval.tsne = False
+    c.train.checkpoint_every = 1
+    return c

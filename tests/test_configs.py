@@ -1,0 +1,202 @@
+"""The config files: what each method runs with, per preset, and that loading one stays light.
+
+``configs/<method>.py`` writes every ``method.*`` value; ``jaxforget/config.py`` holds the shared
+blocks. The tables below pin every resolved hyper-parameter of every config and preset (the
+values runs had before the configs were written out; a change must be deliberate).
+"""
+
+import dataclasses
+import importlib.util
+import pathlib
+import re
+import subprocess
+import sys
+
+import pytest
+from absl import flags
+from ml_collections import config_flags
+
+from jaxforget import config as config_lib
+from jaxforget import methods
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+CONFIG_FILES = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
+PRESETS = ("", "demo", "celeba", "orl")
+
+# Fields every config has, so that they can be overridden for any method.
+COMMON = {
+    "optimizer", "lr", "momentum", "nesterov", "weight_decay", "schedule", "warmup_steps", "steps",
+    "step_boundaries", "step_factor", "clip_norm", "bn_mode", "flip", "trainable",
+    "salun_fraction", "project", "retain_weight", "retain_loss",
+    "batch_size", "images_per_identity", "retain_batch_size", "salun_batches",
+}
+DISPERSION = {"margin", "augmented_views", "num_views", "view_positives", "view_crop",
+              "view_jitter"}
+# The method-specific fields each config writes beyond COMMON (lipschitz: the margin of the
+# dispersion loss that ranks its SalUn weights).
+OWN = {"hard_disp": DISPERSION, "disp": DISPERSION, "rl": {"rl_exclude_true"}, "ga": set(),
+       "bs": {"bs_eps"}, "lipschitz": {"lipschitz_sigma", "lipschitz_draws", "margin"},
+       "contrastive": {"contrastive_temperature"}, "retrain": set(), "finetune": set(),
+       "project": set()}
+
+# Per method: lr per preset ('', demo, celeba, orl), schedule, retain_weight, salun_fraction,
+# project. Every other HParams field is HParams' default in every config.
+EXPECTED = {
+    "hard_disp": ((0.01, 0.01, 0.05, 0.05), "constant", 0.0, 0.0, False),
+    "disp": ((0.01, 0.01, 0.05, 0.05), "constant", 0.0, 0.0, False),
+    "rl": ((1e-3,) * 4, "constant", 1.0, 0.0, False),
+    "ga": ((1e-4,) * 4, "constant", 0.0, 0.0, False),
+    "bs": ((1e-4,) * 4, "constant", 0.0, 0.0, False),
+    "lipschitz": ((1e-3,) * 4, "constant", 1.0, 0.5, False),
+    "contrastive": ((1e-3,) * 4, "constant", 1.0, 0.0, False),
+    "retrain": ((0.01,) * 4, "linear", 0.0, 0.0, False),
+    "finetune": ((0.01,) * 4, "linear", 0.0, 0.0, False),
+    "project": ((1e-3,) * 4, "constant", 0.0, 0.0, True),
+}
+# Every method, every preset (fields a config does not write resolve to the same values).
+SAME_EVERYWHERE = dict(
+    optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4, warmup_steps=0,
+    step_boundaries=(0.5, 0.75), step_factor=0.1, clip_norm=0.0, bn_mode="train", flip=True,
+    trainable="", retain_loss="cosface", margin=0.0, augmented_views=False, num_views=2,
+    view_positives="identity", view_crop=0.1, view_jitter=0.2, rl_exclude_true=False,
+    bs_eps=4.0 / 255.0, lipschitz_sigma=0.1, lipschitz_draws=4, contrastive_temperature=0.1)
+# Per preset, every method: steps, batch_size, images_per_identity, retain_batch_size.
+BUDGET = {"": (1000, 32, 4, 32), "demo": (150, 32, 4, 32), "celeba": (20, 30, 3, 30),
+          "orl": (20, 20, 4, 20)}
+
+
+def load(name: str):
+    path = ROOT / "configs" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_every_config_file_is_known():
+    assert set(CONFIG_FILES) == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+@pytest.mark.parametrize("preset", PRESETS)
+def test_resolved_hparams_are_the_written_values(name, preset):
+    c = load(name).get_config(preset)
+    assert c.method.name == name and c.config_method == name
+    hp = methods.resolve_hparams(c.method, methods.get_method(name))
+    resolved = dataclasses.asdict(hp)
+    written = c.method.to_dict()
+    # Every HParams field the config writes is taken from it, with its type.
+    for field in resolved.keys() & written.keys():
+        value = written[field]
+        assert resolved[field] == value and type(resolved[field]) is type(value), field
+    # The config writes the common fields and its method's own, nothing of another method's.
+    hparam_fields = set(resolved)
+    assert set(written) - {"name"} == COMMON | OWN[name]
+    assert (COMMON | OWN[name]) - {"batch_size", "images_per_identity", "retain_batch_size",
+                                   "salun_batches"} <= hparam_fields
+    # The values that differ between methods and presets.
+    lrs, schedule, retain_weight, salun_fraction, project = EXPECTED[name]
+    assert (hp.lr, hp.schedule, hp.retain_weight, hp.salun_fraction, hp.project) == (
+        lrs[PRESETS.index(preset)], schedule, retain_weight, salun_fraction, project)
+    steps, batch, k, retain_batch = BUDGET[preset]
+    assert (hp.steps, written["batch_size"], written["images_per_identity"],
+            written["retain_batch_size"], written["salun_batches"]) == (
+        steps, batch, k, retain_batch, 8)
+    # Everything else: the same in every config.
+    assert {f: resolved[f] for f in SAME_EVERYWHERE} == SAME_EVERYWHERE
+    assert hparam_fields == SAME_EVERYWHERE.keys() | {
+        "lr", "schedule", "retain_weight", "salun_fraction", "project", "steps"}
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_presets_shared_blocks(preset):
+    c = load("ga").get_config(preset)
+    expect = {"": ("iresnet50", "celeba", (112, 112)), "demo": ("iresnet18", "synthetic", (32, 32)),
+              "celeba": ("mobilefacenet", "celeba", (112, 96)),
+              "orl": ("mobilefacenet", "orl", (112, 96))}[preset]
+    assert (c.model.name, c.data.name, tuple(c.model.input_size)) == expect
+    if preset in ("celeba", "orl"):
+        assert c.model.init == config_lib.MOBILEFACENET_WEIGHTS
+    # Everything but the method block is the same for every method.
+    shared = c.to_dict()
+    for name in CONFIG_FILES:
+        other = load(name).get_config(preset).to_dict()
+        for key in ("method", "config_method"):
+            shared.pop(key, None), other.pop(key)
+        assert other == shared, name
+
+
+def test_unknown_preset_is_a_clear_error():
+    with pytest.raises(ValueError, match=r"unknown config argument 'paper': the configs accept "
+                                         r":demo, :celeba, :orl or nothing"):
+        load("ga").get_config("paper")
+
+
+def test_method_config_checks_its_tables():
+    presets = {p: {"steps": 1} for p in PRESETS}
+    with pytest.raises(ValueError, match=r"\['steps'\] set both"):
+        config_lib.method_config("ga", {"steps": 2}, presets, "demo")
+    with pytest.raises(ValueError, match="presets must give"):
+        config_lib.method_config("ga", {}, {"": {}}, "")
+
+
+def test_loading_a_config_does_not_import_jax():
+    code = (
+        "import importlib.util, pathlib, sys\n"
+        "for p in sorted(pathlib.Path('configs').glob('*.py')):\n"
+        "    spec = importlib.util.spec_from_file_location(p.stem, p)\n"
+        "    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
+        "    for a in ('', 'demo', 'celeba', 'orl'): m.get_config(a)\n"
+        "heavy = sorted(k for k in sys.modules if k.split('.')[0] in ('jax', 'flax', 'optax'))\n"
+        "assert not heavy, heavy\n"
+        "assert 'jaxforget.methods' not in sys.modules\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                       timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr
+
+
+def parse_cli(name: str, *overrides: str):
+    """The config as ``python -m jaxforget.main --config=configs/<name>.py:orl <overrides>``."""
+    argv = ["prog", f"--config={ROOT / 'configs' / name}.py:orl", *overrides]
+    fv = flags.FlagValues()
+    holder = config_flags.DEFINE_config_file("config", None, "config", flag_values=fv,
+                                             lock_config=True, sys_argv=argv)
+    fv(argv)
+    return holder.value
+
+
+@pytest.mark.parametrize("name", CONFIG_FILES)
+def test_common_fields_can_be_overridden_for_every_method(name):
+    c = parse_cli(name, "--config.method.optimizer=adamw", "--config.method.trainable=linear1/",
+                  "--config.method.bn_mode=frozen", "--config.method.salun_fraction=0.25",
+                  "--config.method.retain_weight=2", "--config.method.steps=7",
+                  "--config.method.lr=0.5", "--config.method.project=True")
+    assert (c.method.optimizer, c.method.trainable, c.method.bn_mode, c.method.salun_fraction,
+            c.method.retain_weight, c.method.steps, c.method.lr, c.method.project) == (
+        "adamw", "linear1/", "frozen", 0.25, 2.0, 7, 0.5, True)
+    assert isinstance(c.method.retain_weight, float)
+
+
+def test_method_fields_can_be_overridden_for_their_methods_only():
+    assert parse_cli("hard_disp", "--config.method.margin=-0.3").method.margin == -0.3
+    assert parse_cli("disp", "--config.method.augmented_views=True").method.augmented_views
+    assert parse_cli("bs", "--config.method.bs_eps=0.01").method.bs_eps == 0.01
+    assert parse_cli("rl", "--config.method.rl_exclude_true=True").method.rl_exclude_true
+    assert parse_cli("lipschitz", "--config.method.lipschitz_draws=2").method.lipschitz_draws == 2
+    c = parse_cli("contrastive", "--config.method.contrastive_temperature=0.5")
+    assert c.method.contrastive_temperature == 0.5
+    with pytest.raises((AttributeError, KeyError, flags.Error)):
+        parse_cli("ga", "--config.method.bs_eps=0.01")
+
+
+def test_another_method_name_is_refused(tmp_path):
+    """The guard on ``config_method``: the file's values belong to its own method."""
+    r = subprocess.run(
+        [sys.executable, "-m", "jaxforget.main", "--config=configs/ga.py:demo",
+         f"--workdir={tmp_path}", "--config.method.name=rl"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 2, r.stderr
+    assert re.search(r"method.name='rl'.*'ga'.*configs/rl.py", r.stderr), r.stderr
+    assert "Traceback" not in r.stderr
