@@ -26,7 +26,9 @@ are 10 identities x 3 images (it has 3-4 train images per forget identity), on O
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import pathlib
 
 import ml_collections
 
@@ -249,3 +251,20 @@ def method_config(
     c.method = ml_collections.ConfigDict(dict(name=name, **hparams, **per_preset))
     c.config_method = name
     return c
+
+
+def load_config_file(path: str | os.PathLike, arg: str | None = None) -> ml_collections.ConfigDict:
+    """``get_config(arg)`` of the config file at ``path``: what ``--config=PATH[:ARG]`` gives.
+
+    For tools and tests that pick configs by name (``configs/<method>.py``); a missing file is a
+    ``FileNotFoundError`` that lists the config files beside it.
+    """
+    path = pathlib.Path(path)
+    if not path.is_file():
+        known = sorted(q.stem for q in path.parent.glob("*.py")) if path.parent.is_dir() else []
+        raise FileNotFoundError(f"no config file {path}; config files there: {known}")
+    spec = importlib.util.spec_from_file_location(f"jaxforget_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+

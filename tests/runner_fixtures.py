@@ -2,18 +2,16 @@
 ``tests/test_multihost.py``, ``tests/test_validation.py``, ``tests/test_eval_sets.py``,
 ``tests/test_workdir.py``)."""
 
-import importlib.util
 import pathlib
+
+from jaxforget import config as config_lib
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def load_config(method: str, preset: str = ""):
     """``configs/<method>.py:<preset>``, as ``--config=configs/<method>.py:<preset>`` gives it."""
-    spec = importlib.util.spec_from_file_location(f"configs_{method}", ROOT / "configs" / f"{method}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(preset)
+    return config_lib.load_config_file(ROOT / "configs" / f"{method}.py", preset)
 
 
 def tiny_config(method="hard_disp"):

@@ -6,7 +6,6 @@ values runs had before the configs were written out; a change must be deliberate
 """
 
 import dataclasses
-import importlib.util
 import pathlib
 import re
 import subprocess
@@ -65,12 +64,8 @@ BUDGET = {"": (1000, 32, 4, 32), "demo": (150, 32, 4, 32), "celeba": (20, 30, 3,
           "orl": (20, 20, 4, 20)}
 
 
-def load(name: str):
-    path = ROOT / "configs" / f"{name}.py"
-    spec = importlib.util.spec_from_file_location(f"configs_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def load(name: str, preset: str | None = None):
+    return config_lib.load_config_file(ROOT / "configs" / f"{name}.py", preset)
 
 
 def test_every_config_file_is_known():
@@ -80,7 +75,7 @@ def test_every_config_file_is_known():
 @pytest.mark.parametrize("name", CONFIG_FILES)
 @pytest.mark.parametrize("preset", PRESETS)
 def test_resolved_hparams_are_the_written_values(name, preset):
-    c = load(name).get_config(preset)
+    c = load(name, preset)
     assert c.method.name == name and c.config_method == name
     hp = methods.resolve_hparams(c.method, methods.get_method(name))
     resolved = dataclasses.asdict(hp)
@@ -110,7 +105,7 @@ def test_resolved_hparams_are_the_written_values(name, preset):
 
 @pytest.mark.parametrize("preset", PRESETS)
 def test_presets_shared_blocks(preset):
-    c = load("ga").get_config(preset)
+    c = load("ga", preset)
     expect = {"": ("iresnet50", "celeba", (112, 112)), "demo": ("iresnet18", "synthetic", (32, 32)),
               "celeba": ("mobilefacenet", "celeba", (112, 96)),
               "orl": ("mobilefacenet", "orl", (112, 96))}[preset]
@@ -120,7 +115,7 @@ def test_presets_shared_blocks(preset):
     # Everything but the method block is the same for every method.
     shared = c.to_dict()
     for name in CONFIG_FILES:
-        other = load(name).get_config(preset).to_dict()
+        other = load(name, preset).to_dict()
         for key in ("method", "config_method"):
             shared.pop(key, None), other.pop(key)
         assert other == shared, name
@@ -129,7 +124,7 @@ def test_presets_shared_blocks(preset):
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown config argument 'paper': the configs accept "
                                          r":demo, :celeba, :orl or nothing"):
-        load("ga").get_config("paper")
+        load("ga", "paper")
 
 
 def test_method_config_checks_its_tables():
@@ -142,11 +137,10 @@ def test_method_config_checks_its_tables():
 
 def test_loading_a_config_does_not_import_jax():
     code = (
-        "import importlib.util, pathlib, sys\n"
+        "import pathlib, sys\n"
+        "from jaxforget.config import load_config_file\n"
         "for p in sorted(pathlib.Path('configs').glob('*.py')):\n"
-        "    spec = importlib.util.spec_from_file_location(p.stem, p)\n"
-        "    m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
-        "    for a in ('', 'demo', 'celeba', 'orl'): m.get_config(a)\n"
+        "    for a in ('', 'demo', 'celeba', 'orl'): load_config_file(p, a)\n"
         "heavy = sorted(k for k in sys.modules if k.split('.')[0] in ('jax', 'flax', 'optax'))\n"
         "assert not heavy, heavy\n"
         "assert 'jaxforget.methods' not in sys.modules\n"
@@ -200,3 +194,9 @@ def test_another_method_name_is_refused(tmp_path):
     assert r.returncode == 2, r.stderr
     assert re.search(r"method.name='rl'.*'ga'.*configs/rl.py", r.stderr), r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_load_config_file_names_a_missing_file_and_its_neighbours():
+    with pytest.raises(FileNotFoundError, match=r"nope\.py.*'ga'"):
+        config_lib.load_config_file(ROOT / "configs" / "nope.py", "demo")
+    assert load("ga", "demo").method.name == "ga"

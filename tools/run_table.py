@@ -16,27 +16,25 @@ from __future__ import annotations
 
 import argparse
 import ast
-import importlib.util
 import json
 import pathlib
 import sys
 import time
+
+from jaxforget import config as config_lib
+from jaxforget import experiment
+from jaxforget.errors import UserError
+from jaxforget.eval import report
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAPER_METHODS = ("rl", "ga", "bs", "lipschitz", "contrastive", "disp", "hard_disp", "retrain")
 
 
 def load_config(method: str, arg: str):
-    path = ROOT / "configs" / f"{method}.py"
-    if not path.exists():
-        raise SystemExit(
-            f"no config file {path}; methods with configs: "
-            f"{sorted(p.stem for p in (ROOT / 'configs').glob('*.py'))}"
-        )
-    spec = importlib.util.spec_from_file_location(f"config_{method}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config(arg)
+    try:
+        return config_lib.load_config_file(ROOT / "configs" / f"{method}.py", arg)
+    except FileNotFoundError as e:
+        raise SystemExit(str(e)) from None
 
 
 def apply_overrides(cfg, overrides: list[str]) -> None:
@@ -76,10 +74,6 @@ def main(argv=None) -> int:
         help="field=value applied to every run (repeatable)",
     )
     args = ap.parse_args(argv)
-
-    from jaxforget import experiment  # pylint: disable=import-outside-toplevel
-    from jaxforget.errors import UserError  # pylint: disable=import-outside-toplevel
-    from jaxforget.eval import report  # pylint: disable=import-outside-toplevel
 
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
