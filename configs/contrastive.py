@@ -6,7 +6,7 @@ method.retain_weight; retain_loss must stay 'cosface', it is this method's own t
 Run:
     python -m jaxforget.main --config=configs/contrastive.py --config.data.root=/path/to/celeba --config.model.init=backbone.pth
 Demo on synthetic identities, or the real MobileFaceNet on ../shared faces:
-    python -m jaxforget.main --config=configs/contrastive.py:demo   (or :celeba, :orl)
+    python -m jaxforget.main --config=configs/contrastive.py:demo   (or :celeba, :orl, :celeba_wild)
 
 Hyper-parameters: the paper's values were lost; chosen here: lr 1e-3 (SGD, momentum 0.9, weight
 decay 5e-4, constant) with the step budget every method shares in a preset (jaxforget/config.py),
@@ -39,6 +39,7 @@ PRESETS = {
     "demo": dict(steps=150, batch_size=32, images_per_identity=4, retain_batch_size=32),
     "celeba": dict(steps=20, batch_size=30, images_per_identity=3, retain_batch_size=30),
     "orl": dict(steps=20, batch_size=20, images_per_identity=4, retain_batch_size=20),
+    "celeba_wild": dict(steps=100, batch_size=32, images_per_identity=4, retain_batch_size=32),
 }
 
 

@@ -5,7 +5,7 @@ m=0.4). Used as a method it trains on the retain batches.
 Run:
     python -m jaxforget.main --config=configs/finetune.py --config.data.root=/path/to/celeba --config.model.init=backbone.pth
 Demo on synthetic identities, or the real MobileFaceNet on ../shared faces:
-    python -m jaxforget.main --config=configs/finetune.py:demo   (or :celeba, :orl)
+    python -m jaxforget.main --config=configs/finetune.py:demo   (or :celeba, :orl, :celeba_wild)
 
 Hyper-parameters: chosen here (not the paper's): lr 0.01 with linear decay (SGD, momentum 0.9,
 weight decay 5e-4) and the step budget every method shares in a preset (jaxforget/config.py). Its
@@ -34,6 +34,7 @@ PRESETS = {
     "demo": dict(steps=150, batch_size=32, images_per_identity=4, retain_batch_size=32),
     "celeba": dict(steps=20, batch_size=30, images_per_identity=3, retain_batch_size=30),
     "orl": dict(steps=20, batch_size=20, images_per_identity=4, retain_batch_size=20),
+    "celeba_wild": dict(steps=100, batch_size=32, images_per_identity=4, retain_batch_size=32),
 }
 
 

@@ -6,7 +6,7 @@ Run:
 Demo on synthetic identities (no data needed, a few minutes on a CPU):
     python -m jaxforget.main --config=configs/hard_disp.py:demo
 Real MobileFaceNet on ../shared faces:
-    python -m jaxforget.main --config=configs/hard_disp.py:celeba   (or :orl)
+    python -m jaxforget.main --config=configs/hard_disp.py:celeba   (or :orl, :celeba_wild)
 
 Paper values: SGD over the whole backbone, random horizontal flip only, batch 32 (P x K so every
 batch has positives), no retain loss. Lost in the paper's text and chosen here:
@@ -52,6 +52,7 @@ PRESETS = {
     "demo": dict(lr=0.01, steps=150, batch_size=32, images_per_identity=4, retain_batch_size=32),
     "celeba": dict(lr=0.05, steps=20, batch_size=30, images_per_identity=3, retain_batch_size=30),
     "orl": dict(lr=0.05, steps=20, batch_size=20, images_per_identity=4, retain_batch_size=20),
+    "celeba_wild": dict(lr=0.05, steps=100, batch_size=32, images_per_identity=4, retain_batch_size=32),
 }
 
 

@@ -5,7 +5,7 @@ SalUn mask keeping half of the weights (the paper's setting).
 Run:
     python -m jaxforget.main --config=configs/lipschitz.py --config.data.root=/path/to/celeba --config.model.init=backbone.pth
 Demo on synthetic identities, or the real MobileFaceNet on ../shared faces:
-    python -m jaxforget.main --config=configs/lipschitz.py:demo   (or :celeba, :orl)
+    python -m jaxforget.main --config=configs/lipschitz.py:demo   (or :celeba, :orl, :celeba_wild)
 
 Hyper-parameters: SalUn keeping the top 50% of weights is the paper's; its retention weight was
 lost (1.0 with retain CosFace is the project's choice), as was its learning rate: lr 1e-3 (SGD,
@@ -42,6 +42,7 @@ PRESETS = {
     "demo": dict(steps=150, batch_size=32, images_per_identity=4, retain_batch_size=32),
     "celeba": dict(steps=20, batch_size=30, images_per_identity=3, retain_batch_size=30),
     "orl": dict(steps=20, batch_size=20, images_per_identity=4, retain_batch_size=20),
+    "celeba_wild": dict(steps=100, batch_size=32, images_per_identity=4, retain_batch_size=32),
 }
 
 

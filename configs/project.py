@@ -8,7 +8,7 @@ instead of a training run; see jaxforget/methods/projection.py and docs/RESULTS.
 Run:
     python -m jaxforget.main --config=configs/project.py --config.data.root=/path/to/celeba --config.model.init=backbone.pth
 Demo on synthetic identities, or the real MobileFaceNet on ../shared faces:
-    python -m jaxforget.main --config=configs/project.py:demo   (or :celeba, :orl)
+    python -m jaxforget.main --config=configs/project.py:demo   (or :celeba, :orl, :celeba_wild)
 
 `method.project=True` on any other config applies the same projection before that method trains.
 Only `project` matters here: the training fields below are those every config has (so that
@@ -40,6 +40,7 @@ PRESETS = {
     "demo": dict(steps=150, batch_size=32, images_per_identity=4, retain_batch_size=32),
     "celeba": dict(steps=20, batch_size=30, images_per_identity=3, retain_batch_size=30),
     "orl": dict(steps=20, batch_size=20, images_per_identity=4, retain_batch_size=20),
+    "celeba_wild": dict(steps=100, batch_size=32, images_per_identity=4, retain_batch_size=32),
 }
 
 

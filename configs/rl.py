@@ -4,7 +4,7 @@ plus CosFace on retain samples (lambda = method.retain_weight).
 Run:
     python -m jaxforget.main --config=configs/rl.py --config.data.root=/path/to/celeba --config.model.init=backbone.pth
 Demo on synthetic identities, or the real MobileFaceNet on ../shared faces:
-    python -m jaxforget.main --config=configs/rl.py:demo   (or :celeba, :orl)
+    python -m jaxforget.main --config=configs/rl.py:demo   (or :celeba, :orl, :celeba_wild)
 
 Hyper-parameters: the paper's values were lost; lr 1e-3 (SGD, momentum 0.9, weight decay 5e-4,
 constant) with the step budget every method shares in a preset (jaxforget/config.py); lambda 1.0
@@ -38,6 +38,7 @@ PRESETS = {
     "demo": dict(steps=150, batch_size=32, images_per_identity=4, retain_batch_size=32),
     "celeba": dict(steps=20, batch_size=30, images_per_identity=3, retain_batch_size=30),
     "orl": dict(steps=20, batch_size=20, images_per_identity=4, retain_batch_size=20),
+    "celeba_wild": dict(steps=100, batch_size=32, images_per_identity=4, retain_batch_size=32),
 }
 
 

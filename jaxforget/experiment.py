@@ -14,8 +14,8 @@
       forget-set CS);
 5. embeds and evaluates again, then writes ``results.json``, ``results.md``, ``tsne.png`` and the
       unlearned backbone (``unlearned_model/``, plus ``unlearned_backbone.pth`` when
-      ``config.export_torch``). The classifier head is not exported: its rows would still describe
-      the forgotten identities.
+      ``config.export_torch``, ``unlearned_backbone.onnx`` when ``config.export_onnx``). The
+      classifier head is not exported: its rows would still describe the forgotten identities.
 
 Everything written goes under the workdir, which is printed first (its layout, the caches and
 the atomic writes: :mod:`jaxforget.workdir`; the config checks made before any work:
@@ -45,10 +45,10 @@ from jaxforget.data import source as source_lib
 from jaxforget.errors import UserError
 from jaxforget.eval import plots, protocols, report
 from jaxforget.eval import sets as eval_sets
-from jaxforget.eval.embed import Embeddings
+from jaxforget.eval.embed import Embeddings, embed_model
 from jaxforget.io import checkpoint
 from jaxforget.methods import projection
-from jaxforget.models import loading
+from jaxforget.models import loading, onnx_export
 
 
 def _log(msg: str) -> None:
@@ -121,12 +121,33 @@ def _context(bundle, cfg, num_classes: int) -> methods.Context:
                            head_m=float(cfg.head.m))
 
 
-def _train_iterator(source, indices, split, batch_size: int, k: int, seed: int, what: str):
-    if batch_size % k:
-        raise UserError(
-            f"{what}.batch_size={batch_size} must be a multiple of "
-            f"{what}.images_per_identity={k} (batches are P identities x K images)."
-        )
+def fit_batches(cfg, source, split) -> dict[str, int]:
+    """The size of each P x K batch the run draws, by config field: the configured one, or with
+    P lowered to the identities of its set when they are fewer (:func:`validation.fit_batch`),
+    said in a log line. Made once the split is known, before any training or embedding."""
+    m, p = cfg.method, cfg.pretrain
+    train = np.concatenate([split.forget_train(), split.retain_train()])
+    todo = []  # (field, batch size, K, indices, what)
+    if int(p.steps) > 0:
+        todo.append(("pretrain.batch_size", int(p.batch_size), int(p.images_per_identity), train,
+                     "train"))
+    method = methods.get_method(m.name)
+    if not method.closed_form:
+        k = int(m.images_per_identity)
+        todo.append(("method.batch_size", int(m.batch_size), k, split.forget_train(), "forget train"))
+        todo.append(("method.retain_batch_size", int(m.get("retain_batch_size", m.batch_size)), k,
+                     split.retain_train(), "retain train"))
+    out = {}
+    for field, size, k, indices, what in todo:
+        identities = len(np.unique(np.asarray(source.identities)[np.asarray(indices)]))
+        out[field] = validation.fit_batch(field, size, k, identities)
+        if out[field] != size:
+            _log(f"{field}={size} is P={size // k} identities x K={k} images, but the {what} set "
+                 f"has {identities}: batches of P={out[field] // k} x K={k} = {out[field]}")
+    return out
+
+
+def _train_iterator(source, indices, split, batch_size: int, k: int, seed: int):
     ds = pipeline.train_dataset(source, indices, identities_per_batch=batch_size // k,
                                 images_per_identity=k, seed=seed, label_map=split.class_index,
                                 flip=False)  # the update step flips on device
@@ -148,7 +169,7 @@ def run_phase(*, phase: str, method_name: str, method_cfg, cfg, bundle, variable
     return result.variables, result.head
 
 
-def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh):
+def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh, batch: int):
     """CosFace fine-tuning on every train image of the split (forget and retain identities).
 
     The result (backbone and head) is cached under ``<cache_dir>/base_models`` keyed by the
@@ -165,14 +186,22 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh)
         name="finetune", steps=int(p.steps), lr=float(p.lr), optimizer=p.optimizer,
         momentum=float(p.momentum), weight_decay=float(p.weight_decay), schedule=p.schedule,
         warmup_steps=int(p.warmup_steps), batch_size=int(p.batch_size),
-        retain_batch_size=int(p.batch_size),
+        retain_batch_size=int(p.batch_size), bn_mode=str(p.bn_mode),
     ))
     train_idx = np.concatenate([split.forget_train(), split.retain_train()])
-    it = _train_iterator(source, train_idx, split, int(p.batch_size), int(p.images_per_identity),
-                         int(cfg.seed) + 7, "pretrain")
-    rng = np.random.default_rng(int(cfg.seed))
-    head = rng.standard_normal((split.num_classes, bundle.embedding_size)).astype(np.float32)
-    head /= np.linalg.norm(head, axis=1, keepdims=True)
+    it = _train_iterator(source, train_idx, split, batch, int(p.images_per_identity), int(cfg.seed) + 7)
+    if p.head_init == "imprint":
+        batches = pipeline.eval_dataset(source, train_idx, batch_size=int(cfg.eval.batch_size),
+                                        label_map=split.class_index)
+        train = embed_model(bundle, variables, batches, flip=bool(cfg.eval.flip),
+                            progress="[pretrain] imprint the head", total=batches.num_images)
+        head = eval_sets.imprint_head([train], split.num_classes, bundle.embedding_size)
+    elif p.head_init == "random":
+        rng = np.random.default_rng(int(cfg.seed))
+        head = rng.standard_normal((split.num_classes, bundle.embedding_size)).astype(np.float32)
+        head /= np.linalg.norm(head, axis=1, keepdims=True)
+    else:
+        raise UserError(f"pretrain.head_init={p.head_init!r}: use 'random' or 'imprint'")
     _log(
         f"[pretrain] CosFace fine-tuning of the base model: {p.steps} steps on "
         f"{len(train_idx)} images of {split.num_classes} identities"
@@ -191,22 +220,21 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh)
     return variables, head
 
 
-def _train_method(cfg, bundle, variables, head, source, split, workdir: pathlib.Path, mesh):
-    """Runs the configured (trained) method on the forget / retain train images; returns the
-    unlearned variables."""
+def _train_method(cfg, bundle, variables, head, source, split, workdir: pathlib.Path, mesh,
+                  batches: Mapping[str, int]):
+    """Runs the configured (trained) method on the forget / retain train images (batch sizes
+    from :func:`fit_batches`); returns the unlearned variables."""
     m = cfg.method
     k = int(m.images_per_identity)
-    retain_batch = int(m.get("retain_batch_size", m.batch_size))
+    forget_batch, retain_batch = batches["method.batch_size"], batches["method.retain_batch_size"]
     iterators = {
-        "forget": _train_iterator(source, split.forget_train(), split, int(m.batch_size), k,
-                                  int(cfg.seed), "method"),
+        "forget": _train_iterator(source, split.forget_train(), split, forget_batch, k, int(cfg.seed)),
         "retain": _train_iterator(source, split.retain_train(), split, retain_batch, k,
-                                  int(cfg.seed) + 1, "method"),
+                                  int(cfg.seed) + 1),
     }
 
     def saliency_batches():
-        it = _train_iterator(source, split.forget_train(), split, int(m.batch_size), k,
-                             int(cfg.seed) + 2, "method")
+        it = _train_iterator(source, split.forget_train(), split, forget_batch, k, int(cfg.seed) + 2)
         return [next(it) for _ in range(int(m.salun_batches))]
 
     cs_fn = eval_sets.forget_cs_hook(bundle, source, split)
@@ -231,12 +259,13 @@ def evaluate(cfg, sets) -> dict[str, dict[str, Any]]:
 def run(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None) -> dict:
     """Runs the configured experiment (every seed of ``cfg.seeds``, or ``cfg.seed``)."""
     shd.maybe_initialize_distributed(**cfg.distributed.to_dict())
-    validation.validate(cfg)
+    cfg = validation.validate(cfg)  # the model fields as model.init fixes them
     workdir = pathlib.Path(workdir or wd.default_workdir(cfg)).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    h, w = cfg.model.input_size
     _log(
-        f"jaxforget: method={cfg.method.name} model={cfg.model.name} data={cfg.data.name}; "
-        f"writing to {workdir}"
+        f"jaxforget: method={cfg.method.name} model={cfg.model.name} ({h}x{w} -> "
+        f"{cfg.model.embedding_size}-d) data={cfg.data.name}; writing to {workdir}"
     )
     seeds = tuple(int(s) for s in cfg.seeds)
     if not seeds:
@@ -274,14 +303,16 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
         raise UserError(f"model.init / model.name: {e}") from e
     source = build_source(cfg, tuple(bundle.input_size))
     split = make_or_load_split(cfg, source, workdir)
+    batches = fit_batches(cfg, source, split)
     distractors = None
-    names = eval_sets.needed_sets(tuple(cfg.evals))
+    names = eval_sets.needed_sets(tuple(cfg.evals), eval_sets.set_builders(cfg))
     if "distractors" in names:
         distractors = eval_sets.build_distractors(cfg, source, split, tuple(bundle.input_size))
 
     head = None
     if int(cfg.pretrain.steps) > 0:
-        variables, head = pretrain(cfg, bundle, variables, source, split, workdir, mesh)
+        variables, head = pretrain(cfg, bundle, variables, source, split, workdir, mesh,
+                                   batches["pretrain.batch_size"])
 
     sets0 = eval_sets.embed_sets(
         cfg, bundle, variables, source, split, names, distractors, workdir, "original"
@@ -310,7 +341,8 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     if method.closed_form:
         variables1 = variables
     else:
-        variables1 = _train_method(cfg, bundle, variables, head, source, split, workdir, mesh)
+        variables1 = _train_method(cfg, bundle, variables, head, source, split, workdir, mesh,
+                                   batches)
 
     sets1 = eval_sets.embed_sets(
         cfg, bundle, variables1, source, split, names, distractors, workdir, "unlearned"
@@ -334,6 +366,8 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     )
     if cfg.export_torch and shd.is_primary():
         loading.save_torch_backbone(bundle, variables1, workdir / "unlearned_backbone.pth")
+    if cfg.get("export_onnx") and shd.is_primary():
+        onnx_export.save_onnx_backbone(bundle, variables1, workdir / "unlearned_backbone.onnx")
     results["meta"] = meta
     if not shd.is_primary():
         return results

@@ -7,6 +7,8 @@ pretraining and embedding (minutes) rather than when the first batch is drawn.
 
 from __future__ import annotations
 
+import copy
+import importlib.util
 import os
 
 import jax
@@ -14,7 +16,15 @@ import jax
 from jaxforget import methods
 from jaxforget.data.factory import DATA_HELP
 from jaxforget.errors import UserError
-from jaxforget.eval.sets import OTHER_IDENTITIES
+from jaxforget.eval.sets import (
+    OTHER_IDENTITIES,
+    SET_BUILDERS,
+    distractor_spec,
+    needed_sets,
+    pack_name,
+    set_builders,
+)
+from jaxforget.models import loading
 
 
 def require_path(value: str, field: str, data_name: str) -> str:
@@ -32,7 +42,9 @@ def require_path(value: str, field: str, data_name: str) -> str:
     return value
 
 
-def validate(cfg) -> None:
+def validate(cfg):
+    """Checks ``cfg`` before any work; returns it with the model fields resolved
+    (:func:`resolve_model`). Each mistake is a one-line :class:`UserError`."""
     try:
         methods.get_method(cfg.method.name)
     except (KeyError, ValueError) as e:
@@ -50,22 +62,90 @@ def validate(cfg) -> None:
     if cfg.model.init and not os.path.exists(os.path.expanduser(cfg.model.init)):
         raise UserError(
             f"model.init={cfg.model.init!r} does not exist: give a checkpoint converted"
-            " by tools/convert_insightface.py, an InsightFace .pth or a MobileFaceNet"
+            " by tools/convert_insightface.py, an InsightFace .pth or .onnx or a MobileFaceNet"
             " .ckpt (or leave it empty for random weights / config.pretrain)."
         )
+    if cfg.get("export_onnx") and importlib.util.find_spec("onnx") is None:  # used at the run's end
+        raise UserError("export_onnx=True needs the optional package onnx: pip install "
+                        "'jaxforget[onnx]', or drop --config.export_onnx.")
+    cfg = resolve_model(cfg)
     if cfg.data.name not in DATA_HELP:
         raise UserError(f"config field data.name={cfg.data.name!r} is not a known data set; use "
                         f"one of {', '.join(DATA_HELP)} ('folder': one sub-folder of "
                         "images per identity).")
     if cfg.data.name != "synthetic":
         require_path(cfg.data.root, "data.root", cfg.data.name)
-    if (cfg.data.distractors and cfg.data.distractors != OTHER_IDENTITIES
-            and not os.path.isdir(cfg.data.distractors)):
+    kind, path = distractor_spec(cfg.data.distractors)
+    if kind not in ("", OTHER_IDENTITIES) and not os.path.isdir(path):
         raise UserError(
-            f"data.distractors={cfg.data.distractors!r} is not a folder of images; give one, or "
-            f"'{OTHER_IDENTITIES}' for the dataset's images of people outside the split."
+            f"data.distractors={cfg.data.distractors!r}: {path!r} is not a folder of images; give "
+            f"one, '<data name>:<root>' (e.g. 'celeba:/data/celeba') for another data set's "
+            f"people outside this one, or '{OTHER_IDENTITIES}' for the dataset's images of people "
+            f"outside the split."
         )
+    _check_verification_bins(cfg)
+    builders = set_builders(cfg)
+    for name in needed_sets(tuple(cfg.evals), builders):
+        for field in builders[name].paths:
+            block, key = field.split(".")
+            value = cfg[block][key]
+            if not value or not os.path.exists(value):
+                raise UserError(
+                    f"config field {field}={value!r} {'is empty' if not value else 'does not exist'}"
+                    f": the protocols in evals read {SET_BUILDERS[name].doc}; set "
+                    f"--config.{field}=<folder>, or drop those protocols from evals.")
     _check_batch_sizes(cfg)
+    return cfg
+
+
+def _check_verification_bins(cfg) -> None:
+    """Each pack of ``data.verification_bins`` is a file, named by a stem no other set has."""
+    seen: dict[str, str] = {}
+    for path in cfg.data.verification_bins:
+        name = pack_name(path)
+        if not os.path.isfile(path):
+            raise UserError(f"data.verification_bins: {path!r} is not a file; give InsightFace "
+                            "verification packs (lfw.bin, cfp_fp.bin, agedb_30.bin).")
+        if name in seen or name in SET_BUILDERS or f"{name}_images" in SET_BUILDERS:
+            other = repr(seen[name]) if name in seen else "a set of the runner"
+            raise UserError(f"data.verification_bins: {path!r} is named {name!r} (its file stem) "
+                            f"like {other}; rename the file.")
+        seen[name] = path
+
+
+def resolve_model(cfg):
+    """A copy of ``cfg`` whose ``model`` fields are the model that will be built: what
+    ``model.init`` fixes (architecture, width, input size, embedding size) fills the fields the
+    config leaves unset, read from the checkpoint without building the model
+    (:func:`jaxforget.models.loading.model_config`); a set field that disagrees is refused."""
+    try:
+        resolved = loading.model_config(cfg.model)
+    except loading.ModelConfigError as e:
+        raise UserError(str(e)) from e
+    except (FileNotFoundError, ValueError) as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise UserError(f"model.init={cfg.model.init!r}: {'; '.join(lines)}") from e
+    out = copy.deepcopy(cfg)
+    for key in loading.FIXED_FIELDS:
+        out.model[key] = resolved[key]
+    return out
+
+
+def fit_batch(field: str, batch_size: int, k: int, identities: int) -> int:
+    """The size of a P x K batch (``field``: ``batch_size`` = P x ``k``) drawn from
+    ``identities`` identities: ``batch_size`` when they are at least P, else P = ``identities``
+    (K kept), lowered until the batch splits over the devices. A :class:`UserError` when no
+    batch fits."""
+    p, n = batch_size // k, jax.device_count()
+    if identities >= p:
+        return batch_size
+    for q in range(identities, 0, -1):
+        if (q * k) % n == 0:
+            return q * k
+    raise UserError(
+        f"{field}={batch_size} draws P={p} identities x K={k} images, but there are only "
+        f"{identities} identities to draw from and no smaller P x {k} batch splits over the {n} "
+        f"devices; add identities or set {field} to P x {k} with P <= {identities}.")
 
 
 def _check_batch_sizes(cfg) -> None:
@@ -88,3 +168,8 @@ def _check_batch_sizes(cfg) -> None:
         if size % n:
             raise UserError(f"{field}={size} is not divisible by the {n} devices of the "
                             f"data-parallel mesh; set it to a multiple of {n}.")
+    # The forget set's identities are known now: a batch they cannot fill is fitted (P = their
+    # number, by the runner, which says so) or refused here, before any work.
+    if not method.closed_form and "forget" in method.data_needs(m):
+        fit_batch("method.batch_size", int(m.batch_size), int(m.images_per_identity),
+                  len(cfg.forget.identities) or int(cfg.forget.num_identities))

@@ -41,7 +41,7 @@ from jaxforget.errors import UserError
 # caches live -- not what a run computes. Re-running a workdir with other values of these goes on
 # with its checkpoints and stored embeddings; any other change is refused (check_workdir_config).
 RERUN_FREE_FIELDS = ("evals", "eval.tsne", "eval.tsne_identities", "eval.index", "train",
-                     "export_torch", "cache_dir", "seeds", "distributed")
+                     "export_torch", "export_onnx", "cache_dir", "seeds", "distributed")
 
 
 # --------------------------------------------------------------------------------------------
@@ -111,9 +111,27 @@ def write_config(cfg: ml_collections.ConfigDict, workdir: pathlib.Path) -> pathl
     return write_atomic(workdir / "config.json", cfg.to_json_best_effort(indent=2) + "\n")
 
 
+def _read_config_json(path: pathlib.Path) -> dict[str, Any]:
+    """A run's ``config.json`` as a dict; anything else is a :class:`UserError` naming it."""
+    try:
+        obj = read_json(path)
+    except (ValueError, RecursionError) as e:  # JSON or UTF-8 errors, absurd nesting
+        raise UserError(f"{path} is not valid JSON ({type(e).__name__}: {e}); delete the workdir or use "
+                        "another --workdir") from e
+    if not isinstance(obj, dict):
+        raise UserError(f"{path} holds a JSON {type(obj).__name__}, not a run's settings; delete the "
+                        "workdir or use another --workdir")
+    return obj
+
+
 def read_config(run: pathlib.Path) -> ml_collections.ConfigDict:
     """The settings a finished run stored in its ``config.json``."""
-    return ml_collections.ConfigDict(read_json(run / "config.json"))
+    path = run / "config.json"
+    try:
+        return ml_collections.ConfigDict(_read_config_json(path))
+    except (ValueError, TypeError) as e:  # e.g. a key with a dot, which no config field has
+        raise UserError(f"{path} does not hold a run's settings ({e}); delete the workdir or use "
+                        "another --workdir") from e
 
 
 # --------------------------------------------------------------------------------------------
@@ -207,11 +225,7 @@ def check_workdir_config(cfg, workdir: pathlib.Path) -> None:
     path = workdir / "config.json"
     if not path.exists():
         return
-    try:
-        old = _flatten(read_json(path))
-    except ValueError as e:
-        raise UserError(f"{path} is not valid JSON ({e}); delete the workdir or use another "
-                        "--workdir") from e
+    old = _flatten(_read_config_json(path))
     new = _flatten(config_as_dict(cfg))
     free = RERUN_FREE_FIELDS
     changed = sorted(k for k in old.keys() | new.keys() if old.get(k, "<absent>") != new.get(k, "<absent>")

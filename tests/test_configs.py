@@ -20,7 +20,7 @@ from jaxforget import methods
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 CONFIG_FILES = sorted(p.stem for p in (ROOT / "configs").glob("*.py"))
-PRESETS = ("", "demo", "celeba", "orl")
+PRESETS = ("", "demo", "celeba", "orl", "celeba_wild")
 
 # Fields every config has, so that they can be overridden for any method.
 COMMON = {
@@ -38,19 +38,19 @@ OWN = {"hard_disp": DISPERSION, "disp": DISPERSION, "rl": {"rl_exclude_true"}, "
        "contrastive": {"contrastive_temperature"}, "retrain": set(), "finetune": set(),
        "project": set()}
 
-# Per method: lr per preset ('', demo, celeba, orl), schedule, retain_weight, salun_fraction,
+# Per method: lr per preset ('', demo, celeba, orl, celeba_wild), schedule, retain_weight, salun_fraction,
 # project. Every other HParams field is HParams' default in every config.
 EXPECTED = {
-    "hard_disp": ((0.01, 0.01, 0.05, 0.05), "constant", 0.0, 0.0, False),
-    "disp": ((0.01, 0.01, 0.05, 0.05), "constant", 0.0, 0.0, False),
-    "rl": ((1e-3,) * 4, "constant", 1.0, 0.0, False),
-    "ga": ((1e-4,) * 4, "constant", 0.0, 0.0, False),
-    "bs": ((1e-4,) * 4, "constant", 0.0, 0.0, False),
-    "lipschitz": ((1e-3,) * 4, "constant", 1.0, 0.5, False),
-    "contrastive": ((1e-3,) * 4, "constant", 1.0, 0.0, False),
-    "retrain": ((0.01,) * 4, "linear", 0.0, 0.0, False),
-    "finetune": ((0.01,) * 4, "linear", 0.0, 0.0, False),
-    "project": ((1e-3,) * 4, "constant", 0.0, 0.0, True),
+    "hard_disp": ((0.01, 0.01, 0.05, 0.05, 0.05), "constant", 0.0, 0.0, False),
+    "disp": ((0.01, 0.01, 0.05, 0.05, 0.05), "constant", 0.0, 0.0, False),
+    "rl": ((1e-3,) * 5, "constant", 1.0, 0.0, False),
+    "ga": ((1e-4,) * 5, "constant", 0.0, 0.0, False),
+    "bs": ((1e-4,) * 5, "constant", 0.0, 0.0, False),
+    "lipschitz": ((1e-3,) * 5, "constant", 1.0, 0.5, False),
+    "contrastive": ((1e-3,) * 5, "constant", 1.0, 0.0, False),
+    "retrain": ((0.01,) * 5, "linear", 0.0, 0.0, False),
+    "finetune": ((0.01,) * 5, "linear", 0.0, 0.0, False),
+    "project": ((1e-3,) * 5, "constant", 0.0, 0.0, True),
 }
 # Every method, every preset (fields a config does not write resolve to the same values).
 SAME_EVERYWHERE = dict(
@@ -61,7 +61,7 @@ SAME_EVERYWHERE = dict(
     bs_eps=4.0 / 255.0, lipschitz_sigma=0.1, lipschitz_draws=4, contrastive_temperature=0.1)
 # Per preset, every method: steps, batch_size, images_per_identity, retain_batch_size.
 BUDGET = {"": (1000, 32, 4, 32), "demo": (150, 32, 4, 32), "celeba": (20, 30, 3, 30),
-          "orl": (20, 20, 4, 20)}
+          "orl": (20, 20, 4, 20), "celeba_wild": (100, 32, 4, 32)}
 
 
 def load(name: str, preset: str | None = None):
@@ -106,11 +106,14 @@ def test_resolved_hparams_are_the_written_values(name, preset):
 @pytest.mark.parametrize("preset", PRESETS)
 def test_presets_shared_blocks(preset):
     c = load("ga", preset)
-    expect = {"": ("iresnet50", "celeba", (112, 112)), "demo": ("iresnet18", "synthetic", (32, 32)),
+    # The paper's setting takes the architecture and sizes from model.init (the user's checkpoint).
+    expect = {"": ("auto", "celeba", None), "demo": ("iresnet18", "synthetic", (32, 32)),
               "celeba": ("mobilefacenet", "celeba", (112, 96)),
-              "orl": ("mobilefacenet", "orl", (112, 96))}[preset]
-    assert (c.model.name, c.data.name, tuple(c.model.input_size)) == expect
-    if preset in ("celeba", "orl"):
+              "orl": ("mobilefacenet", "orl", (112, 96)),
+              "celeba_wild": ("mobilefacenet", "celeba_wild", (112, 96))}[preset]
+    size = c.model.input_size
+    assert (c.model.name, c.data.name, size and tuple(size)) == expect
+    if preset in ("celeba", "orl", "celeba_wild"):
         assert c.model.init == config_lib.MOBILEFACENET_WEIGHTS
     # Everything but the method block is the same for every method.
     shared = c.to_dict()
@@ -123,7 +126,7 @@ def test_presets_shared_blocks(preset):
 
 def test_unknown_preset_is_a_clear_error():
     with pytest.raises(ValueError, match=r"unknown config argument 'paper': the configs accept "
-                                         r":demo, :celeba, :orl or nothing"):
+                                         r":demo, :celeba, :orl, :celeba_wild or nothing"):
         load("ga", "paper")
 
 
@@ -140,7 +143,7 @@ def test_loading_a_config_does_not_import_jax():
         "import pathlib, sys\n"
         "from jaxforget.config import load_config_file\n"
         "for p in sorted(pathlib.Path('configs').glob('*.py')):\n"
-        "    for a in ('', 'demo', 'celeba', 'orl'): load_config_file(p, a)\n"
+        "    for a in ('', 'demo', 'celeba', 'orl', 'celeba_wild'): load_config_file(p, a)\n"
         "heavy = sorted(k for k in sys.modules if k.split('.')[0] in ('jax', 'flax', 'optax'))\n"
         "assert not heavy, heavy\n"
         "assert 'jaxforget.methods' not in sys.modules\n"
@@ -200,3 +203,41 @@ def test_load_config_file_names_a_missing_file_and_its_neighbours():
     with pytest.raises(FileNotFoundError, match=r"nope\.py.*'ga'"):
         config_lib.load_config_file(ROOT / "configs" / "nope.py", "demo")
     assert load("ga", "demo").method.name == "ga"
+
+
+def test_celeba_wild_preset_is_the_papers_protocol():
+    c = load("hard_disp", "celeba_wild")
+    assert (c.data.name, c.forget.num_identities, c.forget.min_images) == ("celeba_wild", 10, 20)
+    assert (c.retain.min_images, c.retain.max_identities) == (2, 0)  # every other person
+    assert c.pretrain.steps > 0 and c.pretrain.head_init == "imprint"  # the fine-tuned Original
+    assert (c.pretrain.batch_size, c.pretrain.images_per_identity) == (32, 4)
+    assert {"retain_search", "cfp_fp", "cfp_fp_verification", "cfp_ff_verification"} <= set(c.evals)
+    assert c.data.root.endswith("celeba_wild") and c.data.cfp_root.endswith("cfp")
+    assert c.data.distractors.startswith("celeba:")
+
+
+@pytest.mark.slow
+@pytest.mark.real_data
+def test_celeba_wild_preset_runs_end_to_end(shared, tmp_path):
+    """``configs/hard_disp.py:celeba_wild`` on the first 300 CelebA-wild faces and a small CFP
+    tree: the fine-tuned Original and the unlearned model both get every protocol."""
+    from jaxforget import experiment
+    from tests.data_fixtures import cfp_tree
+
+    shared("data", "celeba_wild")
+    shared("weights", "mobilefacenet_casia")
+    cfp_tree(tmp_path / "cfp")
+    c = load("hard_disp", "celeba_wild")
+    c.data.cfp_root = str(tmp_path / "cfp")
+    c.data.max_images = 300
+    c.forget.num_identities = 2
+    c.pretrain.steps = 2
+    c.pretrain.warmup_steps = 1
+    c.method.steps = 1
+    c.eval.tsne = False
+    c.cache_dir = str(tmp_path / "cache")
+    out = experiment.run(c, tmp_path / "run")
+    for state in ("original", "unlearned"):
+        assert set(c.evals) <= set(out[state]), state
+        assert out[state]["cfp_ff_verification"]["num_folds"] == 2
+    assert list((tmp_path / "cache" / "base_models").iterdir())  # the Original is cached

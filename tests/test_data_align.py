@@ -119,3 +119,15 @@ def test_vectorised_fit_matches_single_fit():
         np.testing.assert_allclose(many[k], align.similarity_transform(src[k], dst), atol=1e-9)
     bad = align.similarity_transforms(np.ones((1, 5, 2)), dst)
     assert np.isnan(bad).all()
+
+
+def test_aligned_crop_box_follows_the_model_input():
+    """Faces already aligned to the 112x112 template: a 112x96 input is its central 96 columns
+    (the same template 8 px to the left: a crop, no resize), a 112x112 input the whole face, other
+    sizes the box of the nearer aspect."""
+    box = align.aligned_crop_box((112, 112), (112, 96))
+    assert box == (8, 0, 104, 112)
+    np.testing.assert_allclose(align.template_for((112, 96)) + box[:2], align.template_for((112, 112)))
+    assert align.aligned_crop_box((112, 112), (112, 112)) == (0, 0, 112, 112)
+    assert align.aligned_crop_box((224, 224), (56, 48)) == pytest.approx((16, 0, 208, 224))
+    assert align.aligned_crop_box((224, 224), (32, 32)) == (0, 0, 224, 224)

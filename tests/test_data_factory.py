@@ -23,7 +23,7 @@ def _tree(root, people=3, images=4):
 
 
 def test_make_source_by_kind(tmp_path):
-    assert set(SOURCES) == {"celeba", "folder", "vggface2", "cfp", "bin", "recordio"}
+    assert set(SOURCES) == {"celeba", "celeba_wild", "folder", "vggface2", "cfp", "bin", "recordio"}
     src = make_source("folder", str(_tree(tmp_path / "orl")), (20, 16))
     assert isinstance(src, FolderSource) and len(src) == 12
     syn = make_source("synthetic", 2, 3, size=(16, 16), seed=1)
@@ -50,6 +50,21 @@ def test_source_from_config_synthetic_folder_and_max_images(tmp_path):
     assert isinstance(first, SubsetSource) and first.image_ids == src.image_ids[:5]
 
 
+def test_source_from_config_recordio_file_or_folder(tmp_path):
+    """data.name='recordio': data.root is the .rec (its .idx beside it) or the folder of train.rec."""
+    imgs = [random_image(k, (112, 112)) for k in range(3)]
+    rec, idx = tmp_path / "train.rec", tmp_path / "train.idx"
+    recordio.write_recordio(rec, idx, [(k + 1, recordio.pack_payload(float(k % 2), encode(im, "PNG")))
+                                       for k, im in enumerate(imgs)])
+    for root in (tmp_path, rec):
+        src = source_from_config({"name": "recordio", "root": str(root)}, (112, 96))
+        assert isinstance(src, RecordIOSource) and src.identities.tolist() == [0, 1, 0]
+        np.testing.assert_array_equal(src[2]["image"], imgs[2][:, 8:104])
+    idx.unlink()
+    with pytest.raises(MissingFileError, match=r"data.root=.*: no .*train.idx; a RecordIO pack is a .rec file"):
+        source_from_config({"name": "recordio", "root": str(tmp_path)}, (112, 96))
+
+
 def test_source_from_config_celeba_limit(tmp_path):
     (tmp_path / "img_align_celeba").mkdir()
     names = [f"{k + 1:06d}.jpg" for k in range(4)]
@@ -61,10 +76,21 @@ def test_source_from_config_celeba_limit(tmp_path):
 
 
 def test_source_from_config_messages(tmp_path):
-    assert list(DATA_HELP) == ["celeba", "vggface2", "orl", "folder", "synthetic"]
+    names = list(DATA_HELP)
+    assert {"celeba", "vggface2", "orl", "folder", "recordio", "synthetic"} <= set(names)
     with pytest.raises(MissingFileError, match=r"data.root='/nowhere'.*should hold the ORL.*--config.data.root"):
         source_from_config({"name": "orl", "root": "/nowhere"}, (112, 96))
     with pytest.raises(MissingFileError, match=r"data.root=''"):
         source_from_config({"name": "celeba"}, (112, 96))
-    with pytest.raises(ValueError, match="unknown data.name 'lfw'; choose celeba, vggface2, orl, folder or synthetic"):
+    with pytest.raises(ValueError, match=f"unknown data.name 'lfw'; choose {', '.join(names[:-1])} or {names[-1]}$"):
         source_from_config({"name": "lfw", "root": str(tmp_path)}, (112, 96))
+
+
+def test_source_from_config_celeba_wild(tmp_path):
+    """data.name='celeba_wild': an aligned tree; the model's 112x96 input is the central columns."""
+    img = random_image(3, (112, 112))
+    (tmp_path / "aligned_112" / "7201").mkdir(parents=True)
+    (tmp_path / "aligned_112" / "7201" / "a.png").write_bytes(encode(img, "PNG"))
+    src = source_from_config({"name": "celeba_wild", "root": str(tmp_path)}, (112, 96))
+    assert src.identities.tolist() == [7201] and src.image_ids == ["7201/a.png"]
+    np.testing.assert_array_equal(src[0]["image"], img[:, 8:104])

@@ -8,7 +8,7 @@ import pytest
 
 from jaxforget.data.align import similarity_transform, template_for
 from jaxforget.data.formats.celeba import CelebASource
-from jaxforget.data.source import CorruptImageError, EmptyDatasetError, LandmarkError, MissingFileError
+from jaxforget.data.source import CorruptImageError, DataError, EmptyDatasetError, LandmarkError, MissingFileError
 from tests.data_fixtures import check_record, encode, random_image
 
 
@@ -122,3 +122,24 @@ def test_celeba_empty_and_missing_roots(tmp_path):
         CelebASource(str(tmp_path))
     with pytest.raises(MissingFileError, match="identity_CelebA.txt"):
         CelebASource(str(tmp_path / "nowhere"))
+
+
+def test_unreadable_annotation_files_name_the_file(tmp_path):
+    """Before (found by tests/test_fuzz_*.py): a non-UTF-8 file escaped as
+    UnicodeDecodeError, a one-line landmark file as IndexError, a CSV field over the csv
+    module's limit as csv.Error."""
+    _fake_celeba(tmp_path / "a")
+    (tmp_path / "a" / "identity_CelebA.txt").write_bytes(b"000001.jpg 100\n\x80\n")
+    with pytest.raises(DataError, match=r"identity_CelebA.txt: not UTF-8 text \(byte 15"):
+        CelebASource(str(tmp_path / "a"))
+    (tmp_path / "a" / "identity_CelebA.txt").write_text("000001.jpg 100\n000002.jpg " + "9" * 30 + "\n")
+    with pytest.raises(DataError, match=r"identity_CelebA.txt: line 2: identity 9+ is out of the 64-bit range"):
+        CelebASource(str(tmp_path / "a"))  # before: OverflowError
+    _fake_celeba(tmp_path / "b")
+    (tmp_path / "b" / "list_landmarks_align_celeba.txt").write_text("6\n")
+    with pytest.raises(LandmarkError, match=r"list_landmarks_align_celeba.txt: expected the image count on line 1"):
+        CelebASource(str(tmp_path / "b"))
+    _fake_celeba(tmp_path / "c", landmarks="csv")
+    (tmp_path / "c" / "list_landmarks_align_celeba.csv").write_text('image_id,"' + "x" * 200_000 + '"\n')
+    with pytest.raises(LandmarkError, match=r"list_landmarks_align_celeba.csv: not a CSV file \(field larger than field limit"):
+        CelebASource(str(tmp_path / "c"))

@@ -7,7 +7,8 @@ import pytest
 
 from jaxforget.data.formats import recordio
 from jaxforget.data.formats.recordio import RecordIOSource
-from tests.data_fixtures import encode
+from jaxforget.data.source import DataError
+from tests.data_fixtures import encode, random_image
 
 
 def test_recordio_round_trip_exact(tmp_path):
@@ -46,3 +47,43 @@ def test_recordio_round_trip_exact(tmp_path):
     idx.write_text("0\t4\n")
     with pytest.raises(recordio.RecordIOError, match="bad magic"):
         recordio.RecordIOReader(rec, idx).read_key(0)
+
+
+def _pack(tmp_path, records, idx_text=None):
+    rec, idx = tmp_path / "p.rec", tmp_path / "p.idx"
+    recordio.write_recordio(rec, idx, records)
+    if idx_text is not None:
+        idx.write_bytes(idx_text)
+    return str(rec), str(idx)
+
+
+def test_bad_index_files_name_the_file(tmp_path):
+    """Before (found by tests/test_fuzz_*.py): a non-ASCII .idx escaped as
+    UnicodeDecodeError, a number past 64 bits as OverflowError, and an offset near 2**63
+    overflowed the bounds check (offset + 8 wrapped) and passed it."""
+    records = [(1, recordio.pack_payload(3.0, encode(random_image(0, (16, 16)), "PNG")))]
+    for idx_text, message in [
+        (b"\x80\t0\n", r"p\.idx: line 1 is not two integers"),
+        (b"1\t18446744073709551616\n", r"p\.idx: line 1: key or offset out of the 64-bit range"),
+        (b"1\t9223372036854775807\n", r"p\.idx: offset 9223372036854775807 of key 1 is outside .*p\.rec"),
+    ]:
+        rec, idx = _pack(tmp_path, records, idx_text)
+        with pytest.raises(recordio.RecordIOError, match=message):
+            RecordIOSource(rec, idx)
+    assert issubclass(recordio.RecordIOError, DataError)  # the runner turns DataError into one line
+
+
+def test_bad_header_records_and_labels_name_the_file(tmp_path):
+    """Before: a short header record's error did not name the file, a NaN end-of-images label
+    escaped as ValueError, and NaN or fractional identity labels were cast to arbitrary ints."""
+    img = encode(random_image(0, (16, 16)), "PNG")
+    rec, idx = _pack(tmp_path, [(0, b"short"), (1, recordio.pack_payload(3.0, img))])
+    with pytest.raises(recordio.RecordIOError, match=r"p\.rec key 0: payload of 5 bytes is shorter than the 24-byte header"):
+        RecordIOSource(rec, idx)
+    rec, idx = _pack(tmp_path, [(0, recordio.pack_payload([float("nan"), 3.0], b"")), (1, recordio.pack_payload(3.0, img))])
+    with pytest.raises(recordio.RecordIOError, match=r"p\.rec key 0: the header record names nan"):
+        RecordIOSource(rec, idx)
+    for label in (float("nan"), 3.5, 1e30):
+        rec, idx = _pack(tmp_path, [(1, recordio.pack_payload(3.0, img)), (2, recordio.pack_payload(label, img))])
+        with pytest.raises(recordio.RecordIOError, match=r"p\.rec key 2: label .* is not an integer identity"):
+            RecordIOSource(rec, idx)

@@ -49,3 +49,25 @@ def test_verification_bin_round_trip_and_restricted_unpickler(tmp_path):
     odd.write_bytes(pickle.dumps(([b"a", b"b", b"c"], [True])))
     with pytest.raises(DataError, match="3 images for 1 pairs"):
         load_verification_bin(str(odd))
+
+
+def test_wrong_typed_pairs_name_the_file(tmp_path):
+    """Before: a pickle whose bins or issame_list was not a list escaped as TypeError (found by
+    tests/test_fuzz_*.py)."""
+    for k, obj in enumerate([(None, []), ([b"a", b"b"], 3), ([b"a", b"b"], [[True]]), (b"ab", [True])]):
+        path = tmp_path / f"typed{k}.bin"
+        path.write_bytes(pickle.dumps(obj, protocol=2))
+        with pytest.raises(DataError, match=rf"typed{k}\.bin: "):
+            load_verification_bin(str(path))
+
+
+def test_array_shape_in_the_pickle_is_not_allocated(tmp_path):
+    """numpy pickles an array as ``_reconstruct(ndarray, (0,), b'b')`` then BUILD; before, a
+    hostile shape there (2**40 bytes) was allocated and failed with MemoryError."""
+    arr = np.frombuffer(encode(random_image(0, (16, 16)), "PNG"), np.uint8)
+    raw = pickle.dumps(([arr, arr], [True]), protocol=2)
+    assert raw.count(b"K\x00\x85") == 1  # the (0,) shape: BININT1 0, TUPLE1 (once, memoised)
+    path = tmp_path / "shape.bin"
+    path.write_bytes(raw.replace(b"K\x00\x85", b"\x8a\x06" + (2**40).to_bytes(6, "little") + b"\x85"))
+    images, issame = load_verification_bin(str(path))
+    assert images == [arr.tobytes()] * 2 and issame.tolist() == [True]

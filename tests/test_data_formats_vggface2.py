@@ -1,8 +1,10 @@
 """VGGFace2 format: loose landmarks and boxes from the CSVs."""
 
 import numpy as np
+import pytest
 
-from jaxforget.data.formats.vggface2 import VGGFace2Source
+from jaxforget.data.formats.vggface2 import VGGFace2Source, read_vggface2_csv
+from jaxforget.data.source import DataError
 from tests.data_fixtures import check_record, encode, random_image
 
 
@@ -24,3 +26,15 @@ def test_vggface2_landmarks_and_boxes(tmp_path):
     assert np.isfinite(src.boxes[3]).all()
     for i in range(4):
         check_record(src[i], (56, 56))
+
+
+def test_unreadable_csvs_name_the_file(tmp_path):
+    """Before (found by tests/test_fuzz_*.py): a non-UTF-8 CSV escaped as
+    UnicodeDecodeError, a field over the csv module's limit as csv.Error."""
+    path = tmp_path / "loose_landmark_test.csv"
+    path.write_bytes(b"NAME_ID,P1X\n\xff,1\n")
+    with pytest.raises(DataError, match=r"loose_landmark_test.csv: not UTF-8 text"):
+        read_vggface2_csv(str(path), 1)
+    path.write_text('NAME_ID,X\nn000001/0001_01,"' + "9" * 200_000 + '"\n')
+    with pytest.raises(DataError, match=r"loose_landmark_test.csv: line 2: not a CSV row \(field larger than field limit"):
+        read_vggface2_csv(str(path), 1)

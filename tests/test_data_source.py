@@ -1,5 +1,6 @@
 """The source interface: record contract, subsets, in-memory arrays, failure accounting, checks."""
 
+import io
 import logging
 import pickle
 
@@ -13,12 +14,13 @@ from jaxforget.data.source import (
     CorruptImageError,
     EmptyDatasetError,
     FaceSource,
+    MAX_IMAGE_PIXELS,
     LandmarkError,
     SubsetSource,
     as_size,
     identity_array,
 )
-from tests.data_fixtures import check_record, random_image
+from tests.data_fixtures import check_record, png_header, random_image
 
 
 class _Flaky(FaceSource):
@@ -110,3 +112,24 @@ def test_landmark_shape_and_alignment_matrices():
     check_record(src[0], (112, 96))  # aligned by its landmarks
     resized = Image.fromarray(imgs[1]).resize((96, 112), Image.Resampling.BILINEAR)
     np.testing.assert_array_equal(src[1]["image"], np.asarray(resized))  # no landmarks: resized whole
+
+
+class _OneFile(FaceSource):
+    """One record decoded from ``data`` (the bytes of an image file)."""
+
+    def __init__(self, data, strict=True):
+        self.data = data
+        super().__init__(["face.png"], [1], (16, 16), strict=strict, name="OneFile")
+
+    def _open(self, i):
+        return Image.open(io.BytesIO(self.data))
+
+
+def test_images_declaring_too_many_pixels_are_refused_before_decoding():
+    """Before (found by tests/test_fuzz_*.py): an image declaring 8500 x 8500 pixels (under
+    PIL's own bomb limit) was decoded, allocating 217 MB, whatever the file held."""
+    with pytest.raises(CorruptImageError, match=r"cannot decode face.png: the image declares 8500x8500 pixels, over the limit"):
+        _OneFile(png_header(8500, 8500))[0]
+    record = _OneFile(png_header(8500, 8500), strict=False)[0]
+    assert not record["valid"]
+    assert 8192 * 8192 == MAX_IMAGE_PIXELS  # a face photo never comes near it

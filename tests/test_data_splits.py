@@ -1,10 +1,13 @@
 """Splits: determinism, disjointness, fractions, JSON round trip, errors with numbers."""
 
+import json
+
 import numpy as np
 import pytest
 
 from jaxforget.data.source import EmptyDatasetError
-from jaxforget.data.splits import Split, SplitError, make_split, split_source
+from jaxforget.data.splits import Split, SplitError, SplitFileError, make_split, split_source
+from jaxforget.errors import UserError
 
 
 def _identities():
@@ -99,3 +102,31 @@ def test_real_celeba_split(shared):
     _check_partition(a, src.identities)
     assert len(a.forget_ids) == 10 and a.num_classes == len(src.unique_identities())
     assert len(a.forget_train()) + len(a.forget_test()) == sum(int((src.identities == v).sum()) for v in a.forget_ids)
+
+
+def test_unreadable_split_files_name_the_file(tmp_path):
+    """Before (found by tests/test_fuzz_*.py): json's errors, AttributeError (a JSON list),
+    OverflowError (an index past 64 bits) and TypeError (a list as identity) escaped, and a split
+    with out-of-range indices or identities missing from its classes loaded and failed later."""
+    good = make_split(_identities(), num_forget=2, seed=0).to_json()
+
+    def edited(**fields):
+        return json.dumps({**good, **fields})
+
+    first_train = good["train"][0][0]
+    cases = [
+        (b"\x80", r"not a JSON split file \(UnicodeDecodeError"),
+        ("[]", "a split file holds a JSON object, not a list"),
+        (edited(train=[[first_train, [2**70]]] + good["train"][1:]), "field 'train' should hold"),
+        (edited(test=[[good["test"][0][0], [len(_identities())]]] + good["test"][1:]), "field 'test' should hold"),
+        (edited(train=[[[1], [0]]] + good["train"][1:]), "field 'train' should hold"),
+        (edited(forget_ids="ab"), "field 'forget_ids' should be a list of identities"),
+        (edited(class_index=good["class_index"][1:]), "inconsistent split"),
+        (edited(num_records=-1), "field 'num_records' should be a record count"),
+    ]
+    path = tmp_path / "split.json"
+    for text, message in cases:
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
+        with pytest.raises(SplitFileError, match=rf"^{path}: .*{message}.*; delete it to make the split again$"):
+            Split.load(path)
+    assert issubclass(SplitFileError, SplitError) and issubclass(SplitFileError, UserError)

@@ -5,6 +5,7 @@ import pytest
 
 from jaxforget.eval import metrics as M
 from jaxforget.eval import protocols as P
+from jaxforget.eval import verification as V
 from jaxforget.eval.embed import Embeddings
 
 
@@ -130,3 +131,20 @@ def test_a_protocol_reads_only_the_sets_its_record_declares():
         P.run_protocols(["retain_search:orl"], {"retain_test": rt})
     with pytest.raises(KeyError, match=r"protocol 'verification' found no PairSet"):
         P.run_protocols(["verification"], {"forget_test": ft})
+
+
+def test_cfp_verification_is_the_kfold_accuracy_over_the_given_folds():
+    rng = np.random.default_rng(7)
+    issame = np.arange(60) % 2 == 0
+    folds = (np.arange(60) // 2) % 10  # interleaved: not the contiguous default folds
+    emb = _unit(rng.normal(size=(120, 16)))
+    emb[1::2][issame] = _unit(emb[0::2][issame] + 0.8 * rng.normal(size=(30, 16)))
+    sets = {"cfp_fp_pairs": P.PairSet(emb, issame, folds), "cfp_ff_pairs": P.PairSet(emb[::-1], issame)}
+    res = P.run_protocols(["cfp_fp_verification", "cfp_ff_verification"], sets)
+    assert res["cfp_fp_verification"] == V.verify_bin(emb, issame, folds=folds)
+    assert res["cfp_ff_verification"] == V.verify_bin(emb[::-1], issame)
+    assert res["cfp_fp_verification"]["num_folds"] == 10
+    assert P.required_sets(["cfp_fp_verification"]) == {"cfp_fp_pairs"}
+    with pytest.raises(KeyError, match=r"'cfp_ff_verification' needs the embedding set 'cfp_ff_pairs' "
+                                       r"\(PairSet\)"):
+        P.run_protocols(["cfp_ff_verification"], {"cfp_ff_pairs": _clustered(rng, 2, 2)})

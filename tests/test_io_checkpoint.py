@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from jaxforget.io import checkpoint
+from jaxforget.io.torch_format import CheckpointFormatError
 
 
 def test_variables_and_metadata_round_trip(tmp_path):
@@ -37,3 +38,20 @@ def test_not_a_variables_checkpoint(tmp_path):
     assert not checkpoint.is_variables_checkpoint(tmp_path)
     with pytest.raises(FileNotFoundError, match="is not a variables checkpoint"):
         checkpoint.load_variables(tmp_path)
+
+
+def test_corrupt_directory_is_the_readers_error_naming_it(tmp_path):
+    """Before (found by tests/test_fuzz_*.py): orbax's and json's own errors escaped
+    (JSONDecodeError for a broken ``_METADATA``, TypeError for metadata that is a JSON list)."""
+    path = tmp_path / "ck"
+    checkpoint.save_variables(path, {"params": {"w": np.ones(3, np.float32)}}, {"model": {}})
+    (path / "variables" / "_METADATA").write_text("{broken")
+    with pytest.raises(CheckpointFormatError, match=rf"^{path}: corrupt or incomplete variables checkpoint \(JSONDecodeError"):
+        checkpoint.load_variables(path)
+    (path / "metadata" / "metadata").write_text("{broken")
+    with pytest.raises(CheckpointFormatError, match=rf"^{path}: corrupt or incomplete variables checkpoint \(JSONDecodeError"):
+        checkpoint.load_metadata(path)
+    checkpoint.save_variables(path, {"params": {"w": np.ones(3, np.float32)}}, [1, 2])
+    for read in (checkpoint.load_metadata, checkpoint.load_variables):
+        with pytest.raises(CheckpointFormatError, match=rf"^{path}: its metadata is a list, not a JSON object"):
+            read(path)

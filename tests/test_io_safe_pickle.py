@@ -6,6 +6,9 @@ from __future__ import annotations
 import collections
 import io
 import pickle
+import struct
+import tracemalloc
+import types
 
 import pytest
 
@@ -72,3 +75,50 @@ def test_one_pickle_per_call_and_bytes_encoding():
     py2_str = b"\x80\x02U\x03abcq\x00."
     assert restricted_load(io.BytesIO(py2_str), {}, "s", encoding="bytes") == b"abc"
     assert restricted_load(io.BytesIO(py2_str), {}, "s") == "abc"
+
+
+# ------------------------------------------------------------------------------------------------
+# Hostile pickles that run no code but would exhaust memory or change the reader (found by
+# tests/test_fuzz_*.py)
+
+
+def _peak_bytes(load):
+    tracemalloc.start()
+    try:
+        result = load()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_huge_memo_index_and_bytearray_length_allocate_nothing():
+    """Before: the C unpickler grew its memo table to the index a 9-byte pickle names (2**31
+    entries: 32 GiB, zeroed) and allocated a BYTEARRAY8's declared length up front."""
+    memo = b"\x80\x02N" + b"r" + struct.pack("<I", 0x7FFFFFF0) + b"."  # None; LONG_BINPUT 2**31 - 16
+    got, peak = _peak_bytes(lambda: restricted_load(io.BytesIO(memo), {}, "memo.pkl"))
+    assert got is None and peak < 1 << 20
+    bytearray8 = b"\x80\x05\x96" + struct.pack("<Q", 2**40) + b"abc."
+    with pytest.raises(pickle.UnpicklingError, match=r"big\.pkl: pickle data was truncated \(a bytearray of 1099511627776 bytes\)"):
+        _peak_bytes(lambda: restricted_load(io.BytesIO(bytearray8), {}, "big.pkl"))
+    small = pickle.dumps(bytearray(b"abc"), protocol=5)
+    assert restricted_load(io.BytesIO(small), {}, "s") == bytearray(b"abc")
+
+
+def test_build_on_an_allowed_global_is_refused():
+    """Before: BUILD set attributes on the allow-listed object itself, changing how every later
+    file is read (e.g. which dtype a storage type stands for)."""
+    shared = types.SimpleNamespace(name="FloatStorage")
+    raw = b"\x80\x02cm\nStorage\n}X\x04\x00\x00\x00nameX\x04\x00\x00\x00Bytesb."  # BUILD {'name': 'Byte'}
+    with pytest.raises(UnsafePickleError, match=r"b\.pkl: refused to load: the pickle sets attributes on the allowed global"):
+        restricted_load(io.BytesIO(raw), {("m", "Storage"): shared}, "b.pkl")
+    assert shared.name == "FloatStorage"
+    # BUILD on an object the pickle made (an OrderedDict's attributes, as torch state_dicts have) works.
+    od = collections.OrderedDict(a=1)
+    od.meta = {"v": 2}
+    got = restricted_load(io.BytesIO(pickle.dumps(od, protocol=2)), ORDERED, "od.pkl")
+    assert got == od and got.meta == {"v": 2}
+
+
+def test_unsafe_pickle_error_is_a_value_error():
+    """Callers that turn bad input into one-line errors catch ValueError (the runner's model.init)."""
+    assert issubclass(UnsafePickleError, ValueError) and issubclass(UnsafePickleError, pickle.UnpicklingError)

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 
 from jaxforget.io import checkpoint  # noqa: E402
 from jaxforget.models import build_model, init_variables, load_pretrained, save_torch_backbone  # noqa: E402
+from jaxforget.models.loading import ModelConfigError, model_config  # noqa: E402
 from jaxforget.models.iresnet import IRESNET_STAGES  # noqa: E402
 from jaxforget.models.torch_layout import CheckpointMismatchError, flat_items  # noqa: E402
 from jaxforget.testing.torch_reference import TorchIResNet, TorchMobileFaceNet, randomize, torch_forward  # noqa: E402
@@ -125,10 +126,40 @@ def test_orbax_variables_round_trip_and_load_pretrained(tmp_path):
     assert b2.config()["width_mult"] == 0.25 and b2.config()["dtype"] == "bfloat16"
     assert set(v2) == {"params", "batch_stats"}  # the stored 'head' is not a backbone variable
     np.testing.assert_array_equal(got["head"], np.ones((3, 32), np.float32))
-    with pytest.raises(ValueError, match="holds a iresnet18"):
+    # A field the checkpoint fixes, set to another value, is one line naming the value to use.
+    with pytest.raises(ModelConfigError, match=r"fixes model.name=iresnet18 \(the config sets mobilefacenet\): set --config.model.name=iresnet18"):
         load_pretrained({"name": "mobilefacenet", "init": str(tmp_path / "ck")})
-    with pytest.raises(CheckpointMismatchError, match=r"params/layer1_0/conv1/kernel: checkpoint has \(3, 3, 16, 16\), the model expects \(3, 3, 32, 32\)"):
+    with pytest.raises(ModelConfigError, match=r"model.width_mult=0.25 \(the config sets 0.5\)"):
         load_pretrained({"name": "iresnet18", "init": str(tmp_path / "ck"), "width_mult": 0.5})
+    # Stored variables that do not fit the stored config still name every key.
+    other = {**SMALL, "embedding_size": 16}
+    checkpoint.save_variables(tmp_path / "bad", variables, {"model": other})
+    with pytest.raises(CheckpointMismatchError, match=r"params/features/bias: checkpoint has \(32,\), the model expects \(16,\)"):
+        load_pretrained({"init": str(tmp_path / "bad")})
+
+
+def test_what_a_checkpoint_fixes_fills_the_unset_fields_and_a_conflict_is_one_line(tmp_path):
+    """model_config reads a .pth's architecture without building the model: unset fields (None,
+    'auto') come from it, set ones must agree (every disagreeing field named with its value)."""
+    model = TorchIResNet(IRESNET_STAGES[18], width_mult=0.25, embedding_size=32, input_size=(32, 32))
+    path = tmp_path / "r18.pth"
+    torch.save(model.state_dict(), path)
+    fixed = {"name": "iresnet18", "width_mult": 0.25, "input_size": (32, 32), "embedding_size": 32}
+    unset = {"name": "auto", "width_mult": None, "input_size": None, "embedding_size": None}
+    got = model_config({**unset, "init": str(path), "dtype": "bfloat16"})
+    assert {k: got[k] for k in fixed} == fixed and got["dtype"] == "bfloat16"
+    assert model_config({**fixed, "name": "r18", "init": str(path)})["name"] == "iresnet18"
+    with pytest.raises(ModelConfigError) as e:
+        model_config({**unset, "init": str(path), "name": "iresnet50", "input_size": (48, 48)})
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert "model.name=iresnet18 (the config sets iresnet50)" in msg
+    assert "model.input_size=(32, 32) (the config sets (48, 48))" in msg
+    assert "--config.model.name=iresnet18 --config.model.input_size='(32, 32)'" in msg
+    # Without a checkpoint the family's defaults fill what is unset; 'auto' is the paper's model.
+    assert model_config(unset) == {"name": "iresnet50", "width_mult": 1.0, "input_size": (112, 112),
+                                   "embedding_size": 512}
+    assert model_config({**unset, "name": "mobilefacenet", "embedding_size": 64})["embedding_size"] == 64
 
 
 # ------------------------------------------------------------------------------------------------

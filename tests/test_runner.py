@@ -7,6 +7,7 @@ import copy
 import importlib
 import json
 import pathlib
+import pickle
 import subprocess
 import sys
 
@@ -23,7 +24,8 @@ from jaxforget.data import pipeline, splits, synthetic
 from jaxforget.errors import UserError
 from jaxforget.eval.embed import Embeddings
 from jaxforget.methods import projection
-from jaxforget.models import loading
+from jaxforget.models import loading, onnx_export
+from jaxforget.testing.payloads import CodeRunningPayload
 
 from runner_fixtures import tiny_config
 
@@ -38,6 +40,7 @@ def test_one_step_end_to_end(tmp_path):
     c.data.distractors = "other_identities"
     c.data.num_distractors = 5
     c.evals = tuple(c.evals) + ("forget_extended",)
+    c.export_onnx = True  # the deliverable InsightFace's loader runs
     out = experiment.run(c, tmp_path / "run")
     res = json.loads((tmp_path / "run" / "results.json").read_text())
     for state in ("original", "unlearned"):
@@ -49,6 +52,9 @@ def test_one_step_end_to_end(tmp_path):
     assert res["meta"]["steps"] == 1
     assert (tmp_path / "run" / "results.md").read_text().startswith("# Results")
     assert (tmp_path / "run" / "unlearned_model").is_dir()
+    bundle, unlearned = loading.load_pretrained({"init": str(tmp_path / "run" / "unlearned_model")})
+    parity = onnx_export.onnx_parity(bundle, unlearned, tmp_path / "run" / "unlearned_backbone.onnx")
+    assert parity["max_abs_raw"] <= 1e-4 and parity["max_abs_normalized"] <= 1e-4
     lines = (tmp_path / "run" / "metrics_unlearn.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["step"] == 1
     assert out["original"]["forget_base"]["num_queries"] == res["original"]["forget_base"]["num_queries"]
@@ -81,7 +87,7 @@ def test_one_step_end_to_end(tmp_path):
     assert (tmp_path / "run" / "checkpoints").exists()
     assert purge.main([str(tmp_path / "run"), "--yes"]) == 0
     left = sorted(p.name for p in (tmp_path / "run").iterdir())
-    assert "unlearned_model" in left and "results.json" in left
+    assert {"unlearned_model", "unlearned_backbone.onnx", "results.json"} <= set(left)
     assert not {"checkpoints", "embeddings", "split.json"} & set(left)
     assert not list((tmp_path / "cache" / "embeddings").iterdir())
     assert not list((tmp_path / "cache" / "base_models").iterdir())
@@ -151,6 +157,23 @@ def test_four_devices_step_equals_one_device(tmp_path):
     rel = np.linalg.norm(flat4 - flat1) / np.linalg.norm(flat1)
     print(f"4-device vs 1-device step: relative parameter difference {rel:.2e}")
     assert rel <= 1e-5
+
+
+def test_hostile_model_init_and_corrupt_split_are_one_line_errors(tmp_path):
+    """Before (found by tests/test_fuzz_*.py): a .pth whose pickle would run code escaped
+    run_one as UnsafePickleError (not a ValueError), and a corrupt split.json escaped
+    make_or_load_split as json's JSONDecodeError: tracebacks at the command line."""
+    marker = tmp_path / "code_ran"
+    evil = tmp_path / "evil.pth"
+    evil.write_bytes(pickle.dumps(CodeRunningPayload(marker), protocol=2))
+    c = tiny_config()
+    c.model.init = str(evil)
+    with pytest.raises(UserError, match=r"model.init.*evil.pth: refused to load"):
+        experiment.run_one(c, tmp_path / "run")
+    assert not marker.exists()
+    (tmp_path / "split.json").write_text("{not json")
+    with pytest.raises(UserError, match=r"split.json: not a JSON split file.*delete it to make the split again"):
+        experiment.make_or_load_split(tiny_config(), synthetic.SyntheticFaces(16, 6, (16, 16), seed=0), tmp_path)
 
 
 def test_split_of_another_data_set_is_a_clear_error(tmp_path):

@@ -36,3 +36,34 @@ def test_cli_converts_and_exports(tmp_path, capsys):
 
     assert cli.main(["--input", str(tmp_path / "missing.pth"), "--output", str(tmp_path / "x")]) == 1
     assert "does not exist" in capsys.readouterr().err
+
+
+def test_cli_onnx_in_and_out(tmp_path, capsys):
+    """An arcface_torch-style ONNX file -> orbax (checked against onnxruntime) -> ONNX again."""
+    pytest.importorskip("onnxruntime")
+    import json
+
+    import numpy as np
+
+    from jaxforget.io import onnx_format
+    from jaxforget.models import onnx_export
+    from jaxforget.testing.torch_reference import export_onnx_like_arcface_torch
+
+    model = randomize(TorchIResNet(IRESNET_STAGES[18], width_mult=0.125, embedding_size=16, input_size=(32, 32)), seed=6)
+    export_onnx_like_arcface_torch(model, tmp_path / "zoo.onnx", (32, 32))
+    assert cli.main(["--input", str(tmp_path / "zoo.onnx"), "--output", str(tmp_path / "flax")]) == 0
+    out = capsys.readouterr().out
+    assert "iresnet (depth 18)" in out and "onnxruntime vs flax on 2 random images" in out
+
+    assert cli.main(["--to-onnx", "--input", str(tmp_path / "flax"), "--output", str(tmp_path / "out.onnx"),
+                     "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["parity"]["max_abs_normalized"] <= 1e-4 and summary["name"] == "iresnet18"
+    blob = onnx_export.insightface_blob(np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8))
+    np.testing.assert_allclose(onnx_format.run_onnx(tmp_path / "out.onnx", blob)[0],
+                               onnx_format.run_onnx(tmp_path / "zoo.onnx", blob)[0], rtol=1e-4, atol=1e-4)
+
+    (tmp_path / "cut.onnx").write_bytes((tmp_path / "zoo.onnx").read_bytes()[:1000])
+    assert cli.main(["--input", str(tmp_path / "cut.onnx"), "--output", str(tmp_path / "x")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "cut.onnx" in err and len(err.strip().splitlines()) == 1

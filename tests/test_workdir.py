@@ -123,3 +123,22 @@ def test_jsonable_makes_numpy_and_nan_plain_json():
          "arr_nan": np.array([np.inf])}
     assert wd.jsonable(x) == {"1": 0.5, "a": [[0, 1], [3]], "nan": None, "arr_nan": [None]}
     json.dumps(wd.jsonable(x), allow_nan=False)
+
+
+def test_unreadable_config_json_names_the_file(tmp_path):
+    """Before (found by tests/test_fuzz_*.py): a config.json holding a JSON list escaped
+    check_workdir_config as AttributeError, and read_config let json's and ConfigDict's own
+    errors through (JSONDecodeError, RecursionError, ValueError for a key with a dot)."""
+    path = tmp_path / "config.json"
+    for text, message in [
+        ("[1]", "holds a JSON list, not a run's settings"),
+        ("{not json", r"is not valid JSON \(JSONDecodeError"),
+        ("[" * 100_000, r"is not valid JSON \(RecursionError"),
+        ('{"seed": 0, "a.b": 1}', r"does not hold a run's settings \(ConfigDict does not accept dots"),
+    ]:
+        path.write_text(text)
+        with pytest.raises(UserError, match=rf"^{path}.*{message}"):
+            wd.read_config(tmp_path)
+    path.write_text("[1]")
+    with pytest.raises(UserError, match=rf"^{path} holds a JSON list"):
+        wd.check_workdir_config(tiny_config(), tmp_path)

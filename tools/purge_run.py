@@ -2,8 +2,9 @@
 """Honour a deletion request: remove what still describes the forgotten people from finished runs.
 
 A finished run ships ``unlearned_model/`` (and ``unlearned_backbone.pth`` with
-``export_torch``). Everything else that holds the forget identities' photos, embeddings, a model
-that still knows them, or the list of who they are is removed:
+``export_torch``, ``unlearned_backbone.onnx`` with ``export_onnx``). Everything else that holds
+the forget identities' photos, embeddings, a model that still knows them, or the list of who they
+are is removed:
 
 * in the run directory: ``checkpoints/`` (training states: the CosFace head's rows of every
   identity and, for some methods, the original model), ``embeddings/``, ``split.json``,
@@ -12,10 +13,10 @@ that still knows them, or the list of who they are is removed:
   fine-tuned base model when the run made one. Other runs on the same split and base model share
   these entries; they lose them too (a re-run recomputes them), which is the point.
 
-Kept: ``unlearned_model/``, ``unlearned_backbone.pth``, ``config.json``, ``metrics_*.jsonl``,
-``tensorboard/`` and ``results.*`` (metrics only; note that ``results.json`` lists the forget
-identities' ids, and ``config.json`` does too when they were given by ``forget.identities``:
-``--keep_only_model`` removes those files as well).
+Kept: ``unlearned_model/``, ``unlearned_backbone.pth`` / ``.onnx``, ``config.json``,
+``metrics_*.jsonl``, ``tensorboard/`` and ``results.*`` (metrics only; note that ``results.json``
+lists the forget identities' ids, and ``config.json`` does too when they were given by
+``forget.identities``: ``--keep_only_model`` removes those files as well).
 
 Usage::
 
@@ -35,7 +36,7 @@ from jaxforget.data import splits, synthetic
 from jaxforget.errors import UserError
 
 RUN_ITEMS = ("checkpoints", "embeddings", "split.json", "tsne.png")
-MODEL_ITEMS = ("unlearned_model", "unlearned_backbone.pth")
+MODEL_ITEMS = ("unlearned_model", "unlearned_backbone.pth", "unlearned_backbone.onnx")
 
 
 def targets(run: pathlib.Path, keep_only_model: bool = False) -> list[pathlib.Path]:

@@ -62,7 +62,8 @@ def apply_overrides(cfg, overrides: list[str]) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--arg", default="demo", help="config argument: demo, celeba, orl")
+    ap.add_argument("--arg", default="demo",
+                    help=f"config argument: {', '.join(config_lib.CONFIG_ARGS)}")
     ap.add_argument("--methods", default=",".join(PAPER_METHODS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--workdir", type=pathlib.Path, required=True)

@@ -12,6 +12,7 @@ Modules: ``source`` (the interface and errors), ``formats/`` (one module per on-
 from jaxforget.data.align import align_face, similarity_transform, template_for, warp_affine
 from jaxforget.data.factory import DATA_HELP, make_source, source_from_config
 from jaxforget.data.formats.celeba import CelebASource
+from jaxforget.data.formats.celeba_wild import CelebAWildSource
 from jaxforget.data.formats.cfp import CFPSource
 from jaxforget.data.formats.folder import UNLABELLED, FolderSource
 from jaxforget.data.formats.recordio import RecordIOSource
@@ -32,7 +33,7 @@ from jaxforget.data.splits import Split, SplitError, make_split, split_source
 from jaxforget.data.synthetic import SyntheticFaces
 
 __all__ = [
-    "DATA_HELP", "UNLABELLED", "ArraySource", "CelebASource", "CFPSource", "CorruptImageError",
+    "DATA_HELP", "UNLABELLED", "ArraySource", "CelebASource", "CelebAWildSource", "CFPSource", "CorruptImageError",
     "DataError", "EmptyDatasetError", "EvalBatches", "FaceSource", "FolderSource", "LandmarkError",
     "MissingFileError", "PKSampler", "RecordIOSource", "Split", "SplitError", "SubsetSource",
     "SyntheticFaces", "VGGFace2Source", "VerificationBinSource", "align_face", "eval_dataset",

@@ -196,3 +196,26 @@ def fixed_crop_box(image_size: Sequence[int], output_size: Sequence[int]) -> tup
         cx, half = (left + right) / 2.0, (bottom - top) * out_aspect / 2.0
         left, right = cx - half, cx + half
     return left, top, right, bottom
+
+
+def aligned_crop_box(image_size: Sequence[int], output_size: Sequence[int]) -> tuple[float, float, float, float]:
+    """Box ``(left, top, right, bottom)`` of an already aligned face that matches ``output_size``.
+
+    For faces aligned to the 112x112 template (CelebA-wild's ``aligned_112``, ``.bin`` and ``.rec``
+    packs), the rule depends on the model's input aspect, as :func:`template_for` does: an output
+    closer to 96:112 (MobileFaceNet's 112x96) keeps the central ``96/112`` of the columns -- the
+    112x96 template is the same template 8 px to the left, so at 112x112 this is columns 8..103, a
+    crop, not a resize; any other output keeps the whole image. The box is then resized to the
+    output (a no-op when the sizes already agree).
+
+    Args:
+      image_size: ``(height, width)`` of the decoded aligned face.
+      output_size: ``(height, width)`` of the model input.
+    """
+    ih, iw = float(image_size[0]), float(image_size[1])
+    h, w = float(output_size[0]), float(output_size[1])
+    if abs(w / h - 96.0 / 112.0) < abs(w / h - 1.0):
+        margin = iw * 8.0 / 112.0
+        return margin, 0.0, iw - margin, ih
+    return 0.0, 0.0, iw, ih
+

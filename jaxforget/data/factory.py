@@ -1,7 +1,7 @@
 """Build a face source by name: the one place that knows every format and the synthetic world.
 
 :func:`source_from_config` turns a ``config.data`` block into a source (used by the runner);
-:func:`make_source` builds any format by its short name (``celeba``, ``folder``, ``vggface2``,
+:func:`make_source` builds any format by its short name (``celeba``, ``celeba_wild``, ``folder``, ``vggface2``,
 ``cfp``, ``bin``, ``recordio``, ``synthetic``). :data:`DATA_HELP` lists the data names a config may
 give, with where each data set comes from (shown when a path is missing).
 """
@@ -14,6 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from jaxforget.data.formats.celeba import CelebASource
+from jaxforget.data.formats.celeba_wild import CelebAWildSource
 from jaxforget.data.formats.cfp import CFPSource
 from jaxforget.data.formats.folder import FolderSource
 from jaxforget.data.formats.recordio import RecordIOSource
@@ -28,13 +29,18 @@ DATA_HELP = {
     "celeba": "CelebA 'Align&Cropped' images (img_align_celeba/) with identity_CelebA.txt and"
     " list_landmarks_align_celeba.txt, from https://mmlab.ie.cuhk.edu.hk/projects/CelebA.html",
     "vggface2": "VGGFace2 (train/ and test/ identity folders, bb_landmark/*.csv)",
+    "celeba_wild": "faces aligned to the 112x112 template: aligned_112/<identity>/<image>.jpg and"
+    " identities.txt (../shared/data/celeba_wild's layout)",
     "orl": "the ORL / AT&T faces (s1..s40 folders of 10 PGM images each)",
     "folder": "any folder holding one sub-folder of images per identity",
+    "recordio": "an InsightFace training pack (MS1MV2, Glint360K, WebFace): the .rec file with its"
+    " .idx beside it, or the folder holding train.rec and train.idx",
     "synthetic": "nothing: procedurally generated identities",
 }
 
 SOURCES: dict[str, Callable[..., FaceSource]] = {
     "celeba": CelebASource,
+    "celeba_wild": CelebAWildSource,
     "folder": FolderSource,
     "vggface2": VGGFace2Source,
     "cfp": CFPSource,
@@ -44,7 +50,7 @@ SOURCES: dict[str, Callable[..., FaceSource]] = {
 
 
 def make_source(kind: str, *args, **kwargs) -> FaceSource:
-    """Build a source by name: ``celeba``, ``folder``, ``vggface2``, ``cfp``, ``bin``, ``recordio``,
+    """Build a source by name: ``celeba``, ``celeba_wild``, ``folder``, ``vggface2``, ``cfp``, ``bin``, ``recordio``,
     ``synthetic``."""
     if kind == "synthetic":
         return SyntheticFaces(*args, **kwargs)
@@ -95,8 +101,18 @@ def source_from_config(data_cfg: Any, output_size: Sequence[int], seed: int = 0)
             max_images = 0
         elif name == "vggface2":
             src = VGGFace2Source(root, str(get("split", "test")), output_size, landmarks="auto" if get("align", True) else None)
+        elif name == "celeba_wild":
+            src = CelebAWildSource(root, output_size)
         elif name in ("orl", "folder"):
             src = FolderSource(root, output_size)
+        elif name == "recordio":
+            rec = os.path.join(root, "train.rec") if os.path.isdir(root) else root
+            idx = os.path.splitext(rec)[0] + ".idx"
+            for path in (rec, idx):
+                if not os.path.isfile(path):
+                    raise MissingFileError(f"data.root={root!r}: no {path}; a RecordIO pack is a "
+                                           ".rec file with its .idx beside it")
+            src = RecordIOSource(rec, idx, output_size)
         else:
             names = list(DATA_HELP)
             raise ValueError(f"unknown data.name {name!r}; choose {', '.join(names[:-1])} or {names[-1]}")

@@ -12,8 +12,9 @@ anything a source also exposes ``identities`` (per-record raw identities, a nump
 
 Geometry, per source: faces with five landmarks are aligned to the InsightFace template at
 ``output_size`` (:mod:`jaxforget.data.align`); CelebA without landmarks uses a documented fixed
-crop; packs of already aligned 112x112 faces (``.bin``, ``.rec``) are cropped to 112x96 by dropping
-8 columns per side (the ``x - 8`` template) or resized; other images are resized whole.
+crop; already aligned 112x112 faces (``.bin``, ``.rec``, CelebA-wild's ``aligned_112``) follow
+:func:`jaxforget.data.align.aligned_crop_box` (112x96: the central 96 columns, the ``x - 8``
+template; 112x112: as they are; other sizes: that box resized); other images are resized whole.
 
 Bad input: a file named by an annotation but missing raises :class:`MissingFileError` naming the
 file and the root (``missing='skip'`` drops and counts them instead); an unreadable image raises
@@ -39,6 +40,11 @@ from PIL import Image
 from jaxforget.data import align as align_lib
 
 log = logging.getLogger(__name__)
+
+#: Images declaring more pixels are refused before decoding (a face photo has far fewer; a file
+#: declaring more is corrupt or a decompression bomb). PIL's own check stops at twice its limit.
+MAX_IMAGE_PIXELS = 1 << 26
+
 
 class DataError(ValueError):
     """Base class of the data errors below."""
@@ -92,6 +98,9 @@ class FaceSource:
 
     #: Geometry when neither landmarks nor a box are known: 'resize', 'celeba_crop', 'aligned112'.
     fallback_geometry: str = "resize"
+    #: Whether landmarks may lie outside their image (detector guesses of hidden points, as on CFP's
+    #: profiles); when False such landmarks are a :class:`LandmarkError` naming the image.
+    landmarks_may_leave_image: bool = False
 
     def __init__(
         self,
@@ -225,8 +234,10 @@ class FaceSource:
         ``m`` is the precomputed alignment matrix of ``landmarks`` (fitted here when absent)."""
         oh, ow = self.output_size
         full_w, full_h = img.size
+        check_declared_size(img)
         if landmarks is not None:
-            _check_landmarks(landmarks, (full_h, full_w), where)
+            if not self.landmarks_may_leave_image:
+                _check_landmarks(landmarks, (full_h, full_w), where)
             if m is None or not np.all(np.isfinite(m)):
                 m = align_lib.similarity_transform(landmarks, align_lib.template_for(self.output_size))
             scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
@@ -246,8 +257,12 @@ class FaceSource:
             box = align_lib.fixed_crop_box((full_h, full_w), self.output_size)
             img = _rgb(img)
             return _resize_box(img, box, (oh, ow))
-        if self.fallback_geometry == "aligned112" and (oh, ow) == (112, 96) and (full_w, full_h) == (112, 112):
-            return np.asarray(_rgb(img))[:, 8:104].copy()
+        if self.fallback_geometry == "aligned112":
+            left, top, right, bottom = align_lib.aligned_crop_box((full_h, full_w), self.output_size)
+            img = _rgb(img)
+            if (right - left, bottom - top) == (ow, oh) and float(left).is_integer():
+                return np.asarray(img)[:, int(left) : int(left) + ow].copy()  # exact crop
+            return _resize_box(img, (left, top, right, bottom), (oh, ow))
         if img.format == "JPEG" and (full_w >= 2 * ow and full_h >= 2 * oh):
             img.draft("RGB", (ow, oh))
         img = _rgb(img)
@@ -326,6 +341,17 @@ class ArraySource(FaceSource):
 # ----------------------------------------------------------------------------------------------
 # Decoding helpers (used by FaceSource.geometry)
 # ----------------------------------------------------------------------------------------------
+
+
+def check_declared_size(img: Image.Image) -> None:
+    """Raises ``ValueError`` when ``img`` (opened, not decoded) declares over
+    :data:`MAX_IMAGE_PIXELS` pixels."""
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        raise ValueError(
+            f"the image declares {w}x{h} pixels, over the limit of {MAX_IMAGE_PIXELS} (corrupt, or a "
+            "decompression bomb)"
+        )
 
 
 def _rgb(img: Image.Image) -> Image.Image:

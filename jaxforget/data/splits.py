@@ -23,6 +23,7 @@ from typing import Any, Hashable, Iterable, Mapping, Sequence
 import numpy as np
 
 from jaxforget.data.source import DataError, EmptyDatasetError
+from jaxforget.errors import UserError
 from jaxforget.workdir import write_atomic
 
 SPLIT_FORMAT_VERSION = 1
@@ -30,6 +31,11 @@ SPLIT_FORMAT_VERSION = 1
 
 class SplitError(DataError):
     """A split cannot be made as asked (unknown identity, too few images, ...)."""
+
+
+class SplitFileError(SplitError, UserError):
+    """A split file that cannot be read (not JSON, a wrong or inconsistent field); the user fixes
+    it by deleting it (the run makes the split again), so it is also a :class:`UserError`."""
 
 
 def _py(v: Any) -> Any:
@@ -47,6 +53,39 @@ def fingerprint(image_ids: Sequence[str]) -> str:
         h.update(str(s).encode())
         h.update(b"\0")
     return h.hexdigest()[:16]
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_count(v: Any) -> bool:
+    return _is_int(v) and v >= 0
+
+
+def _is_id_list(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(i, str) or _is_int(i) for i in v)
+
+
+def _field(obj: Mapping[str, Any], key: str, ok: Any, what: str, where: str, default: Any = KeyError) -> Any:
+    """``obj[key]`` checked by ``ok``; a missing or wrong field raises :class:`SplitFileError`."""
+    if key not in obj and default is not KeyError:
+        return default
+    if key not in obj:
+        raise SplitFileError(f"{where}: split file lacks the field {key!r}")
+    if not ok(obj[key]):
+        raise SplitFileError(f"{where}: field {key!r} should be {what}; got {obj[key]!r:.80}")
+    return obj[key]
+
+
+def _pairs(obj: Mapping[str, Any], key: str, ok: Any, what: str, where: str) -> dict:
+    """A list of ``[identity, value]`` pairs as a dict, each value checked by ``ok``."""
+    out = {}
+    for item in _field(obj, key, lambda v: isinstance(v, list), f"a list of {what}", where):
+        if not (isinstance(item, list) and len(item) == 2 and _is_id_list(item[:1]) and ok(item[1])):
+            raise SplitFileError(f"{where}: field {key!r} should hold {what}; got {item!r:.80}")
+        out[item[0]] = item[1]
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,24 +178,37 @@ class Split:
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any], where: str = "<json>") -> "Split":
+        """The split ``obj`` (as :meth:`to_json` writes it) describes; anything malformed or
+        inconsistent raises :class:`SplitFileError` starting with ``where``."""
+        if not isinstance(obj, Mapping):
+            raise SplitFileError(f"{where}: a split file holds a JSON object, not a {type(obj).__name__}")
         if obj.get("format") != "jaxforget.split":
-            raise SplitError(f"{where}: not a jaxforget split file (field 'format' is {obj.get('format')!r})")
+            raise SplitFileError(f"{where}: not a jaxforget split file (field 'format' is {obj.get('format')!r})")
         if obj.get("version") != SPLIT_FORMAT_VERSION:
-            raise SplitError(f"{where}: split format version {obj.get('version')} is not {SPLIT_FORMAT_VERSION}")
-        try:
-            return cls(
-                forget_ids=tuple(obj["forget_ids"]),
-                retain_ids=tuple(obj["retain_ids"]),
-                train={i: np.asarray(v, np.int64) for i, v in obj["train"]},
-                test={i: np.asarray(v, np.int64) for i, v in obj["test"]},
-                class_index={i: int(c) for i, c in obj["class_index"]},
-                seed=int(obj["seed"]),
-                num_records=int(obj["num_records"]),
-                source_fingerprint=str(obj.get("source_fingerprint", "")),
-                params=dict(obj.get("params", {})),
+            raise SplitFileError(f"{where}: split format version {obj.get('version')} is not {SPLIT_FORMAT_VERSION}")
+        num_records = _field(obj, "num_records", _is_count, "a record count", where)
+        in_range = lambda v: isinstance(v, list) and all(_is_count(x) and x < num_records for x in v)  # noqa: E731
+        what = f"[identity, [record indices below {num_records}]] pairs"
+        split = cls(
+            forget_ids=tuple(_field(obj, "forget_ids", _is_id_list, "a list of identities", where)),
+            retain_ids=tuple(_field(obj, "retain_ids", _is_id_list, "a list of identities", where)),
+            train={i: np.asarray(v, np.int64) for i, v in _pairs(obj, "train", in_range, what, where).items()},
+            test={i: np.asarray(v, np.int64) for i, v in _pairs(obj, "test", in_range, what, where).items()},
+            class_index=_pairs(obj, "class_index", _is_count, "[identity, class] pairs", where),
+            seed=_field(obj, "seed", _is_int, "an integer", where),
+            num_records=num_records,
+            source_fingerprint=_field(obj, "source_fingerprint", lambda v: isinstance(v, str), "a string", where, ""),
+            params=dict(_field(obj, "params", lambda v: isinstance(v, Mapping), "an object", where, {})),
+        )
+        ids = set(split.forget_ids) | set(split.retain_ids)
+        if (len(ids) != len(split.forget_ids) + len(split.retain_ids) or set(split.class_index) != ids
+                or not ids <= set(split.train) or not ids <= set(split.test)
+                or sorted(split.class_index.values()) != list(range(len(ids)))):
+            raise SplitFileError(
+                f"{where}: inconsistent split: the forget and retain identities must be distinct, each with "
+                "train and test records, and classes 0..C-1 numbering exactly them; make the split again"
             )
-        except KeyError as e:
-            raise SplitError(f"{where}: split file lacks the field {e}") from None
+        return split
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the split as JSON (atomically)."""
@@ -164,9 +216,18 @@ class Split:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Split":
+        """Reads a split file; a file that is not one raises :class:`SplitFileError` naming it."""
         path = os.fspath(path)
-        with open(path, "r", encoding="utf-8") as f:
-            return cls.from_json(json.load(f), path)
+        again = "; delete it to make the split again"
+        try:
+            with open(path, "r", encoding="utf-8") as f:
+                obj = json.load(f)
+        except (ValueError, RecursionError) as e:  # JSON or UTF-8 errors, absurd nesting
+            raise SplitFileError(f"{path}: not a JSON split file ({type(e).__name__}: {e}){again}") from None
+        try:
+            return cls.from_json(obj, path)
+        except SplitFileError as e:
+            raise SplitFileError(f"{e}{again}") from None
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Split):

@@ -11,6 +11,8 @@ Standard set names (the runner embeds what the configured protocols need):
 ``retain_test``    held-out images of retain identities (default source of ``retain_search``)
 ``distractors``    distractor gallery (IJB-B in the paper); labels are ignored and set to -1
 ``cfp_frontal``    CFP frontal images, ``cfp_profile`` CFP profile images (labels = subject)
+``cfp_fp_pairs``   CFP's ``Protocol/Split/FP`` pairs as a :class:`PairSet` with its 10 folds;
+                   ``cfp_ff_pairs`` the ``Split/FF`` ones
 any other name     a labelled source for ``retain_search:<name>`` (VGGFace2 test, ORL, ...) or
                    a :class:`PairSet` for ``verification:<name>``
 =================  ==========================================================================
@@ -33,7 +35,12 @@ e.g. ``evals=('forget_base', 'retain_search')``; ``name:arg`` picks the source s
   ``num_single_image_identities``). ``CS`` over the whole source; ``acc`` only for the default
   source when ``retain_train`` is present (other sources have their own label spaces).
 * ``cfp_fp`` / ``cfp_fp_extended``: queries = frontal images, gallery = profile images
-  (plus distractors for extended); a frontal image's positives are its subject's profiles.
+  (plus distractors for extended); a frontal image's positives are its subject's profiles. The
+  paper's "CFP-FP (frontal-to-profile search)": 5,000 queries, 4 positives each in 2,000.
+* ``cfp_fp_verification`` / ``cfp_ff_verification``: the standard CFP verification accuracy,
+  10-fold over the official ``Split/FP`` (frontal vs profile) or ``Split/FF`` (frontal vs frontal)
+  folds of 350 same + 350 different pairs, the threshold of each fold chosen on the other nine
+  (:func:`jaxforget.eval.verification.kfold_accuracy`).
 * ``reid_audit``: attackers (1-NN and a linear probe) fit on forget train embeddings identify
   forget test images (:mod:`jaxforget.eval.audit`): ``knn_acc``, ``probe_acc``, ``chance``.
 * ``verification[:name]``: 10-fold accuracy and TAR@FAR on a :class:`PairSet` (all pair sets when
@@ -283,6 +290,13 @@ def _run_verification(inputs, arg, seed, opts) -> dict[str, Metrics]:
     return {f"verification/{n}": verification(pairs[n]) for n in sorted(pairs)}
 
 
+def _run_cfp_verification(result: str, slot: str):
+    def run(inputs, arg, seed, opts) -> dict[str, Metrics]:
+        return {result: verification(inputs[slot])}
+
+    return run
+
+
 def _run_reid_audit(inputs, arg, seed, opts) -> dict[str, Metrics]:
     return {"reid_audit": reid_audit(inputs["forget_train"], inputs["forget_test"])}
 
@@ -302,6 +316,12 @@ PROTOCOLS: dict[str, Protocol] = {p.name: p for p in (
     Protocol("cfp_fp_extended", "cfp_fp with every distractor added to the gallery",
              _run_cfp_fp_extended, sets=("cfp_frontal", "cfp_profile", "distractors"),
              arg="distractors"),
+    Protocol("cfp_fp_verification", "CFP-FP verification: 10-fold accuracy over the official "
+             "Split/FP folds", _run_cfp_verification("cfp_fp_verification", "cfp_fp_pairs"),
+             sets=("cfp_fp_pairs",), kind=PairSet),
+    Protocol("cfp_ff_verification", "CFP-FF verification: 10-fold accuracy over the official "
+             "Split/FF folds", _run_cfp_verification("cfp_ff_verification", "cfp_ff_pairs"),
+             sets=("cfp_ff_pairs",), kind=PairSet),
     Protocol("verification", "10-fold accuracy and TAR@FAR on pair sets (every PairSet given, "
              "or the one named)", _run_verification, arg="pairs", kind=PairSet),
     Protocol("reid_audit", "1-NN and linear-probe attackers fit on forget train, tested on "

@@ -6,22 +6,33 @@ allow-list (``{(module, name): object}``) and refuses every other one with
 :class:`UnsafePickleError`, naming the file, before anything is called. The PyTorch checkpoint
 reader (:mod:`jaxforget.io.torch_format`) and the InsightFace ``.bin`` verification reader both
 load through it, each with its own allow-list.
+
+It is built on Python's pure-Python unpickler (``pickle._Unpickler``), not the C one: the C
+unpickler preallocates its memo table up to the largest index a pickle names (a 9-byte pickle can
+make it allocate and zero tens of GiB), while the Python one keeps the memo in a dict. On top of
+it, a ``BYTEARRAY8`` is read before its buffer is allocated (the declared length is not trusted),
+and a ``BUILD`` that would set attributes on an allowed global itself (changing how later files
+are read) is refused.
 """
 
 from __future__ import annotations
 
 import pickle
+import struct
 from typing import IO, Any, Callable, Mapping
 
 AllowList = Mapping[tuple[str, str], Any]
 
 
-class UnsafePickleError(pickle.UnpicklingError):
-    """The pickle references a global that could run code; nothing was executed."""
+class UnsafePickleError(pickle.UnpicklingError, ValueError):
+    """The pickle references a global that could run code; nothing was executed. (Also a
+    ``ValueError``: callers that turn bad input files into one-line errors catch it.)"""
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+class _RestrictedUnpickler(pickle._Unpickler):  # noqa: SLF001 - the pure-Python unpickler, see above
     """Unpickler that resolves only the globals of its allow-list."""
+
+    dispatch = dict(pickle._Unpickler.dispatch)  # noqa: SLF001
 
     def __init__(
         self,
@@ -54,6 +65,25 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if self._persistent is None:
             raise UnsafePickleError(f"{self._source}: unexpected persistent id {pid!r} in a plain pickle")
         return self._persistent(pid)
+
+    def _load_bytearray8(self) -> None:
+        (size,) = struct.unpack("<Q", self.read(8))
+        data = self.read(size)  # only the bytes that are there: the declared size is not allocated
+        if len(data) != size:
+            raise pickle.UnpicklingError(f"{self._source}: pickle data was truncated (a bytearray of {size} bytes)")
+        self.append(bytearray(data))
+
+    def _load_build(self) -> None:
+        target = self.stack[-2]
+        if any(target is allowed for allowed in self._allowed.values()):
+            raise UnsafePickleError(
+                f"{self._source}: refused to load: the pickle sets attributes on the allowed global "
+                f"{target!r}, which would change how later files are read; nothing was changed."
+            )
+        pickle._Unpickler.load_build(self)  # noqa: SLF001
+
+    dispatch[pickle.BYTEARRAY8[0]] = _load_bytearray8
+    dispatch[pickle.BUILD[0]] = _load_build
 
 
 def restricted_load(

@@ -17,6 +17,8 @@ from __future__ import annotations
 import collections
 import dataclasses
 import io
+import math
+import os
 import pathlib
 import zipfile
 from typing import Any, Callable, Iterable, Mapping
@@ -30,29 +32,26 @@ _LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
 _LEGACY_PROTOCOL = 1001
 _WRAPPER_KEYS = ("state_dict", "net_state_dict", "model_state_dict", "model", "backbone", "net", "module")
 _MAX_LISTED = 25
+#: An expanded (stride-0) tensor may not grow past this many bytes when it is copied out.
+_MAX_EXPANDED_BYTES = 1 << 30
+#: A zip entry may not expand more than this (torch.save stores entries uncompressed).
+_MAX_ZIP_RATIO = 100
 
 
 class CheckpointFormatError(ValueError):
-    """The file is not a PyTorch checkpoint this reader understands."""
+    """A checkpoint this package cannot read: not a PyTorch file this reader understands, or a
+    corrupt orbax variables directory (:mod:`jaxforget.io.checkpoint`)."""
 
 
 # ----------------------------------------------------------------------------------------------
 # What a PyTorch pickle may reference
 
 
-_STORAGE_DTYPES: dict[str, Callable[[], np.dtype]] = {
-    "FloatStorage": lambda: np.dtype(np.float32),
-    "DoubleStorage": lambda: np.dtype(np.float64),
-    "HalfStorage": lambda: np.dtype(np.float16),
-    "BFloat16Storage": lambda: np.dtype(ml_dtypes.bfloat16),
-    "LongStorage": lambda: np.dtype(np.int64),
-    "IntStorage": lambda: np.dtype(np.int32),
-    "ShortStorage": lambda: np.dtype(np.int16),
-    "CharStorage": lambda: np.dtype(np.int8),
-    "ByteStorage": lambda: np.dtype(np.uint8),
-    "BoolStorage": lambda: np.dtype(np.bool_),
-    "UntypedStorage": lambda: np.dtype(np.uint8),
-}
+_STORAGE_DTYPES: dict[str, np.dtype] = {f"{name}Storage": np.dtype(t) for name, t in [
+    ("Float", np.float32), ("Double", np.float64), ("Half", np.float16), ("BFloat16", ml_dtypes.bfloat16),
+    ("Long", np.int64), ("Int", np.int32), ("Short", np.int16), ("Char", np.int8), ("Byte", np.uint8),
+    ("Bool", np.bool_), ("Untyped", np.uint8),
+]}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,7 +62,7 @@ class _StorageType:
 
     @property
     def dtype(self) -> np.dtype:
-        return _STORAGE_DTYPES[self.name]()
+        return _STORAGE_DTYPES[self.name]
 
 
 class _Storage:
@@ -95,17 +94,19 @@ class _PendingTensor:
 
     def resolve(self) -> np.ndarray:
         flat = self.storage.array()
-        if (
-            self.offset < 0
-            or len(self.size) != len(self.stride)
-            or any(n < 0 for n in self.size)
-            or any(s < 0 for s in self.stride)
-        ):
+        if self.offset < 0 or len(self.size) != len(self.stride) or min(self.size + self.stride, default=0) < 0:
             raise CheckpointFormatError(
                 f"invalid tensor geometry: size {self.size}, stride {self.stride}, offset {self.offset}"
             )
         if any(n == 0 for n in self.size):
             return np.zeros(self.size, flat.dtype)
+        count = math.prod(self.size)
+        if count > flat.size and count * flat.dtype.itemsize > _MAX_EXPANDED_BYTES:
+            # Only overlapping strides (an expanded view) give more elements than the storage.
+            raise CheckpointFormatError(
+                f"tensor of size {self.size} (stride {self.stride}) expands a storage of {flat.size} elements "
+                f"to {count * flat.dtype.itemsize} bytes; refused (corrupt or hostile checkpoint)"
+            )
         needed = self.offset + sum((n - 1) * s for n, s in zip(self.size, self.stride)) + 1
         if needed > flat.size:
             raise CheckpointFormatError(
@@ -196,6 +197,17 @@ def _storage_type_of(value: Any, source: str) -> _StorageType:
     return value
 
 
+def _read_member(zf: zipfile.ZipFile, name: str, source: str) -> bytes:
+    """One zip entry, refused when it would expand like a zip bomb."""
+    info = zf.getinfo(name)
+    if info.file_size > _MAX_ZIP_RATIO * info.compress_size + (1 << 20):
+        raise CheckpointFormatError(
+            f"{source}: zip entry {name!r} expands {info.compress_size} bytes to {info.file_size}; refused "
+            "(a zip bomb? torch.save stores entries uncompressed)"
+        )
+    return zf.read(name)
+
+
 def _read_zip(path: pathlib.Path) -> Any:
     source = str(path)
     with zipfile.ZipFile(path) as zf:
@@ -208,7 +220,9 @@ def _read_zip(path: pathlib.Path) -> Any:
         prefix = pkl[0][: -len("data.pkl")]
         byteorder = "little"
         if prefix + "byteorder" in names:
-            byteorder = zf.read(prefix + "byteorder").decode().strip()
+            byteorder = _read_member(zf, prefix + "byteorder", source).decode("ascii").strip()
+            if byteorder not in ("little", "big"):
+                raise CheckpointFormatError(f"{source}: byteorder entry says {byteorder!r}, not 'little' or 'big'")
         storages: dict[str, _Storage] = {}
 
         def load_storage(pid: Any) -> _Storage:
@@ -222,15 +236,14 @@ def _read_zip(path: pathlib.Path) -> Any:
                 entry = f"{prefix}data/{key}"
                 if entry not in names:
                     raise CheckpointFormatError(f"{source}: storage entry {entry!r} is missing from the zip file")
-                raw = zf.read(entry)
+                raw = _read_member(zf, entry, source)
                 data = _from_bytes(raw, dtype, little=byteorder == "little")
                 storage = _Storage(dtype, data.size)
                 storage.data = data
                 storages[key] = storage
             return storages[key]
 
-        with zf.open(pkl[0]) as f:
-            return _load_pickle(io.BytesIO(f.read()), source, load_storage)
+        return _load_pickle(io.BytesIO(_read_member(zf, pkl[0], source)), source, load_storage)
 
 
 def _read_legacy(path: pathlib.Path) -> Any:
@@ -290,10 +303,12 @@ def _read_legacy(path: pathlib.Path) -> Any:
                     f"{source}: storage {key!r} holds {numel} elements on disk but {storage.numel} in the pickle"
                 )
             nbytes = numel * storage.dtype.itemsize
-            raw = f.read(nbytes)
-            if len(raw) != nbytes:
-                raise CheckpointFormatError(f"{source}: truncated file while reading storage {key!r}")
-            storage.data = _from_bytes(raw, storage.dtype, little=little)
+            left = os.fstat(f.fileno()).st_size - f.tell()
+            if not 0 <= nbytes <= left:
+                raise CheckpointFormatError(
+                    f"{source}: truncated file while reading storage {key!r} ({nbytes} bytes declared, {left} left)"
+                )
+            storage.data = _from_bytes(f.read(nbytes), storage.dtype, little=little)
     return result
 
 
@@ -301,14 +316,10 @@ def _resolve(obj: Any) -> Any:
     if isinstance(obj, _PendingTensor):
         return obj.resolve()
     if isinstance(obj, dict):
-        out = type(obj)() if isinstance(obj, collections.OrderedDict) else {}
-        for k, v in obj.items():
-            out[k] = _resolve(v)
-        return out
-    if isinstance(obj, list):
-        return [_resolve(v) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_resolve(v) for v in obj)
+        kind = collections.OrderedDict if isinstance(obj, collections.OrderedDict) else dict
+        return kind((k, _resolve(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_resolve(v) for v in obj)
     return obj
 
 
@@ -322,8 +333,18 @@ def read_torch_checkpoint(path: str | pathlib.Path) -> Any:
     path = pathlib.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist (or is not a file)")
-    raw = _read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path)
-    return _resolve(raw)
+    source = str(path)
+    try:
+        return _resolve(_read_zip(path) if zipfile.is_zipfile(path) else _read_legacy(path))
+    except (CheckpointFormatError, UnsafePickleError) as e:
+        if source in str(e):
+            raise
+        raise type(e)(f"{source}: {e}") from e
+    except Exception as e:  # noqa: BLE001 - a corrupt file can fail anywhere in zipfile, pickle or numpy
+        first = (str(e).splitlines() or [""])[0]
+        raise CheckpointFormatError(
+            f"{source}: corrupt or truncated PyTorch checkpoint ({type(e).__name__}: {first})"
+        ) from e
 
 
 def _is_state_dict(obj: Any) -> bool:
@@ -364,7 +385,6 @@ def extract_state_dict(obj: Any, source: str = "<checkpoint>") -> "collections.O
 def load_torch_state_dict(path: str | pathlib.Path) -> "collections.OrderedDict[str, np.ndarray]":
     """:func:`read_torch_checkpoint` followed by :func:`extract_state_dict`."""
     return extract_state_dict(read_torch_checkpoint(path), str(path))
-
 
 
 def save_torch_state_dict(state_dict: Mapping[str, np.ndarray], path: str | pathlib.Path) -> None:

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from jaxforget.io import checkpoint, torch_format
+from jaxforget.io import checkpoint, onnx_format, torch_format
+from jaxforget.models import onnx_export, onnx_layout
 from jaxforget.models.registry import (
     ModelBundle,
     abstract_variables,
@@ -26,9 +27,27 @@ from jaxforget.models.registry import (
     init_variables,
     module_order,
 )
-from jaxforget.models.torch_layout import detect_arch, flat_items, flax_to_torch, raise_mismatch, torch_to_flax
+from jaxforget.models.torch_layout import (
+    ArchInfo,
+    CheckpointMismatchError,
+    detect_arch,
+    flat_items,
+    flax_to_torch,
+    raise_mismatch,
+    torch_to_flax,
+)
 
-_MODEL_FIELDS = ("name", "width_mult", "input_size", "embedding_size", "dtype", "dropout")
+#: What a checkpoint fixes (its architecture): taken from ``model.init`` when the config leaves
+#: them unset (``None``, ``''`` or ``'auto'``); a value the config sets must agree with it.
+FIXED_FIELDS = ("name", "width_mult", "input_size", "embedding_size")
+_MODEL_FIELDS = FIXED_FIELDS + ("dtype", "dropout")
+#: ``model.name='auto'`` without ``model.init``: the paper's backbone.
+DEFAULT_MODEL = "iresnet50"
+
+
+class ModelConfigError(ValueError):
+    """Model fields set in the config disagree with what ``model.init`` fixes (one line naming
+    each field and the value to use)."""
 
 
 def count_elements(tree: Any) -> int:
@@ -60,64 +79,150 @@ def _check_against(variables: Mapping[str, Any], bundle: ModelBundle, source: st
     return {c: jax.tree_util.tree_map(lambda x: np.asarray(x, np.float32), dict(t)) for c, t in variables.items()}
 
 
-def _merge_cfg(model_cfg: Any, stored: Mapping[str, Any]) -> dict[str, Any]:
-    """Fields given in ``model_cfg`` win over the checkpoint's; the architecture must agree."""
-    merged = dict(stored)
-    for key in _MODEL_FIELDS:
-        value = config_field(model_cfg, key, None)
-        if value not in (None, "", "auto"):
-            merged[key] = value
-    return merged
+def _unset(value: Any) -> bool:
+    return value is None or (isinstance(value, str) and value.strip().lower() in ("", "auto"))
+
+
+def _same(key: str, a: Any, b: Any) -> bool:
+    if key == "name":
+        return canonical_name(a) == canonical_name(b)
+    if key == "input_size":
+        return tuple(int(v) for v in a) == tuple(int(v) for v in b)
+    if key == "width_mult":
+        return math.isclose(float(a), float(b), rel_tol=1e-6)
+    return int(a) == int(b)
+
+
+def _show(key: str, value: Any) -> str:
+    if key == "input_size":
+        return f"({int(value[0])}, {int(value[1])})"
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def _flag(key: str, value: Any) -> str:
+    """``--config.model.<key>=<value>`` as a shell takes it."""
+    shown = _show(key, value)
+    return f"--config.model.{key}=" + (f"'{shown}'" if key == "input_size" else shown)
+
+
+def resolve_model_config(model_cfg: Any, fixed: Mapping[str, Any] | None = None, source: str = "") -> dict[str, Any]:
+    """The config to build: ``model_cfg``'s fields, with each of :data:`FIXED_FIELDS` it leaves
+    unset taken from ``fixed`` (what the checkpoint ``source`` fixes), or without a checkpoint from
+    the family's row of ``FAMILIES`` (``name`` 'auto': :data:`DEFAULT_MODEL`). A set field that
+    disagrees with ``fixed`` is a :class:`ModelConfigError` naming every such field and its value.
+    """
+    merged = {k: config_field(model_cfg, k, None) for k in _MODEL_FIELDS}
+    defaults_only = fixed is None
+    if defaults_only:
+        if _unset(merged["name"]):
+            merged["name"] = DEFAULT_MODEL
+        family = family_of(merged["name"])
+        fixed = {"width_mult": 1.0, "input_size": family.input_size, "embedding_size": family.embedding_size}
+    conflicts = []
+    for key in FIXED_FIELDS:
+        if key not in fixed:
+            continue
+        if _unset(merged[key]):
+            merged[key] = fixed[key]
+        elif not defaults_only and not _same(key, merged[key], fixed[key]):
+            conflicts.append(key)
+    if conflicts:
+        raise ModelConfigError(
+            f"model.init={source} fixes "
+            + "; ".join(f"model.{k}={_show(k, fixed[k])} (the config sets {_show(k, merged[k])})" for k in conflicts)
+            + ": set " + " ".join(_flag(k, fixed[k]) for k in conflicts)
+            + ", or leave " + ("it" if len(conflicts) == 1 else "them") + " unset to take the checkpoint's"
+        )
+    for key in ("dtype", "dropout"):
+        if merged[key] is None and fixed.get(key) is not None:
+            merged[key] = fixed[key]
+    merged["name"] = canonical_name(merged["name"])
+    merged["input_size"] = tuple(int(v) for v in merged["input_size"])
+    return {k: v for k, v in merged.items() if v is not None}
+
+
+def read_state_dict(path: str | pathlib.Path) -> dict[str, np.ndarray]:
+    """A checkpoint file as an InsightFace PyTorch state_dict: ``.onnx`` through
+    :func:`onnx_layout.onnx_state_dict`, anything else as a PyTorch file."""
+    if pathlib.Path(path).suffix.lower() == ".onnx":
+        return onnx_layout.onnx_state_dict(path)
+    return torch_format.load_torch_state_dict(path)
+
+
+def _init_path(init: str) -> pathlib.Path:
+    path = pathlib.Path(init).expanduser()
+    if not path.exists():
+        raise FileNotFoundError(f"model.init {init!r} does not exist; give an orbax directory or a .pth/.ckpt/.onnx file")
+    return path
+
+
+def _stored_model(metadata: Mapping[str, Any], path: pathlib.Path) -> Mapping[str, Any]:
+    stored = metadata.get("model")
+    if not isinstance(stored, Mapping):
+        raise ValueError(f"{path}: metadata has no 'model' config; was it written by tools/convert_insightface.py?")
+    return stored
+
+
+def _detect(state_dict: Mapping[str, Any], model_cfg: Any, source: str) -> ArchInfo:
+    """The architecture of a PyTorch state_dict; the config's input size (when set) only picks the
+    aspect ratio of a non-square IResNet, a size the checkpoint cannot take is left to
+    :func:`resolve_model_config` to report."""
+    size = config_field(model_cfg, "input_size", None)
+    if _unset(size):  # an ONNX graph's static input size, when it has one
+        return detect_arch(state_dict, "auto", getattr(state_dict, "input_size", None), source=source)
+    try:
+        return detect_arch(state_dict, "auto", tuple(int(v) for v in size), source=source)
+    except CheckpointMismatchError as e:
+        try:
+            return detect_arch(state_dict, "auto", None, source=source)
+        except CheckpointMismatchError:
+            raise e from None
+
+
+def model_config(model_cfg: Any) -> dict[str, Any]:
+    """What ``model_cfg`` builds, without building it: :func:`resolve_model_config` against what
+    ``model_cfg.init`` fixes (an orbax directory's stored config, read without its arrays, or the
+    architecture of a PyTorch file's keys and shapes). For the checks made before any work."""
+    init = str(config_field(model_cfg, "init", "") or "")
+    if not init:
+        return resolve_model_config(model_cfg)
+    path = _init_path(init)
+    if path.is_dir():
+        return resolve_model_config(model_cfg, _stored_model(checkpoint.load_metadata(path), path), init)
+    info = _detect(read_state_dict(path), model_cfg, str(path))
+    return resolve_model_config(model_cfg, info.model_config(), init)
 
 
 def load_pretrained(model_cfg: Any) -> tuple[ModelBundle, dict[str, Any]]:
     """Builds the model and its variables from ``model_cfg.init``.
 
     * empty ``init``: random initialisation with ``model_cfg.seed`` (default 0);
-    * a directory written by ``tools/convert_insightface.py`` / ``save_variables``: the stored model
-      config fills any field ``model_cfg`` leaves empty (``name`` may be ``''`` or ``'auto'``); only
-      its ``params`` and ``batch_stats`` are returned (other stored entries are ignored);
+    * a directory written by ``tools/convert_insightface.py`` / ``save_variables``: only its
+      ``params`` and ``batch_stats`` are returned (other stored entries are ignored);
     * a PyTorch ``.pth`` / ``.pt`` / ``.ckpt``: read safely and converted on the fly; IResNet vs
       MobileFaceNet (and the depth) are detected from the keys.
 
-    Raises a ``CheckpointMismatchError`` naming every key/shape that disagrees with the config.
+    The fields the checkpoint fixes (:data:`FIXED_FIELDS`) come from it where ``model_cfg`` leaves
+    them unset (:func:`resolve_model_config`; a disagreeing one is a :class:`ModelConfigError`).
+    Raises a ``CheckpointMismatchError`` naming every key/shape that disagrees with the model.
     """
     init = str(config_field(model_cfg, "init", "") or "")
     if not init:
-        bundle = build_model(model_cfg)
+        bundle = build_model(resolve_model_config(model_cfg))
         return bundle, init_variables(bundle, int(config_field(model_cfg, "seed", 0)))
 
-    path = pathlib.Path(init).expanduser()
-    if not path.exists():
-        raise FileNotFoundError(f"model.init {init!r} does not exist; give an orbax directory or a .pth/.ckpt file")
+    path = _init_path(init)
     if path.is_dir():
         variables, metadata = checkpoint.load_variables(path)
-        stored = metadata.get("model")
-        if not isinstance(stored, Mapping):
-            raise ValueError(f"{path}: metadata has no 'model' config; was it written by tools/convert_insightface.py?")
-        merged = _merge_cfg(model_cfg, stored)
-        if canonical_name(merged["name"]) != canonical_name(stored["name"]):
-            raise ValueError(
-                f"{path}: holds a {stored['name']} but model.name is {merged['name']!r}; set model.name to "
-                f"{stored['name']!r} or leave it empty"
-            )
-        bundle = build_model(merged)
+        bundle = build_model(resolve_model_config(model_cfg, _stored_model(metadata, path), init))
         # Other entries a runner may store beside the backbone (e.g. a CosFace 'head') are not
         # backbone variables; only the flax collections are loaded.
         backbone = {c: variables[c] for c in ("params", "batch_stats") if c in variables}
         return bundle, _check_against(backbone, bundle, str(path))
 
-    state_dict = torch_format.load_torch_state_dict(path)
-    name = config_field(model_cfg, "name", "")
-    arch = "auto"
-    if name not in ("", "auto"):
-        arch = family_of(name).name
-    size = config_field(model_cfg, "input_size", None)
-    info = detect_arch(state_dict, arch, tuple(size) if size else None, source=str(path))
-    merged = _merge_cfg(model_cfg, info.model_config())
-    if canonical_name(merged["name"]) != info.name:
-        raise ValueError(f"{path}: holds a {info.name} but model.name is {merged['name']!r}")
-    bundle = build_model(merged)
+    state_dict = read_state_dict(path)
+    info = _detect(state_dict, model_cfg, str(path))
+    bundle = build_model(resolve_model_config(model_cfg, info.model_config(), init))
     variables = torch_to_flax(state_dict, abstract_variables(bundle), bundle.fixed_parameters(), str(path))
     return bundle, variables
 
@@ -148,15 +253,16 @@ def convert_torch_checkpoint(
     ``fixed_elements``, ``stat_elements``, ``output``.
     """
     source = str(input_path)
-    state_dict = torch_format.load_torch_state_dict(input_path)
-    info = detect_arch(state_dict, arch, input_size, source=source)
+    state_dict = read_state_dict(input_path)
+    info = detect_arch(state_dict, arch, input_size or getattr(state_dict, "input_size", None), source=source)
     bundle = build_model(info.model_config())
     fixed = bundle.fixed_parameters()
     variables = torch_to_flax(state_dict, abstract_variables(bundle), fixed, source)
     written = checkpoint.save_variables(
         output_dir,
         variables,
-        {"model": bundle.config(), "source": {"path": str(pathlib.Path(input_path).absolute()), "format": "pytorch"}},
+        {"model": bundle.config(), "source": {"path": str(pathlib.Path(input_path).absolute()),
+                                              "format": "onnx" if source.lower().endswith(".onnx") else "pytorch"}},
     )
     skipped = [k for k in state_dict if k.endswith("num_batches_tracked") or k in fixed]
     return {
@@ -174,14 +280,20 @@ def convert_torch_checkpoint(
     }
 
 
-def export_torch_checkpoint(variables_dir: str | pathlib.Path, output_path: str | pathlib.Path) -> dict[str, Any]:
-    """Writes an orbax variables directory as a bare PyTorch state_dict ``.pth`` (InsightFace layout)."""
+def _exportable(variables_dir: str | pathlib.Path) -> tuple[ModelBundle, dict[str, Any]]:
+    """The bundle and checked variables of an orbax variables directory, for an export."""
     variables, metadata = checkpoint.load_variables(variables_dir)
     model_cfg = metadata.get("model")
     if not isinstance(model_cfg, Mapping):
         raise ValueError(f"{variables_dir}: metadata has no 'model' config; cannot tell which layout to write")
     bundle = build_model(model_cfg)
-    _check_against(variables, bundle, str(variables_dir))
+    backbone = {c: variables[c] for c in ("params", "batch_stats") if c in variables}
+    return bundle, _check_against(backbone, bundle, str(variables_dir))
+
+
+def export_torch_checkpoint(variables_dir: str | pathlib.Path, output_path: str | pathlib.Path) -> dict[str, Any]:
+    """Writes an orbax variables directory as a bare PyTorch state_dict ``.pth`` (InsightFace layout)."""
+    bundle, variables = _exportable(variables_dir)
     state_dict = save_torch_backbone(bundle, variables, output_path)
     return {
         "name": bundle.name,
@@ -190,3 +302,25 @@ def export_torch_checkpoint(variables_dir: str | pathlib.Path, output_path: str 
         "param_elements": sum(v.size for k, v in state_dict.items() if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))),
         "output": str(pathlib.Path(output_path).absolute()),
     }
+
+
+def export_onnx_checkpoint(variables_dir: str | pathlib.Path, output_path: str | pathlib.Path,
+                           check: bool = True) -> dict[str, Any]:
+    """Writes an orbax variables directory as an ONNX model InsightFace's loader runs
+    (:func:`onnx_export.onnx_model`); ``check`` compares onnxruntime with the Flax model on two
+    random images (``parity``: max abs differences, raw and L2-normalised)."""
+    bundle, variables = _exportable(variables_dir)
+    model = onnx_export.onnx_model(bundle, variables)
+    written = onnx_format.save_onnx(model, output_path)
+    summary = {
+        "name": bundle.name,
+        "model": bundle.config(),
+        "nodes": len(model.graph.node),
+        "initializer_elements": sum(math.prod(t.dims) for t in model.graph.initializer),
+        "input": f"{onnx_layout.ONNX_INPUT} float32 (batch, 3, {bundle.input_size[0]}, {bundle.input_size[1]}), "
+                 f"RGB (pixel - {onnx_layout.ONNX_PIXEL_MEAN}) / {onnx_layout.ONNX_PIXEL_STD}",
+        "output": str(pathlib.Path(written).absolute()),
+    }
+    if check:
+        summary["parity"] = onnx_export.onnx_parity(bundle, variables, written)
+    return summary

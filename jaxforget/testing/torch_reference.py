@@ -167,3 +167,37 @@ def torch_forward(model: nn.Module, x_nhwc: np.ndarray) -> np.ndarray:
     """The model's output on NHWC numpy images (transposed to NCHW), without gradients."""
     with torch.no_grad():
         return model(torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))).numpy()
+
+
+def calibrate(model: nn.Module, images_nhwc: np.ndarray) -> nn.Module:
+    """Sets every BatchNorm's running statistics to the model's own batch statistics on
+    ``images_nhwc`` (normalised floats; the unbiased variance, as training leaves it): the activations and the
+    embedding then have the unit scale of a trained model's, not the thousands a random model
+    reaches, so absolute differences read like those of a real one. Eval mode."""
+    norms = [m for m in model.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average: one batch gives exactly its statistics
+    model.train()
+    torch_forward(model, images_nhwc)
+    for m in norms:
+        m.momentum = 0.1
+    return model.eval()
+
+
+def export_onnx_like_arcface_torch(model: nn.Module, path, input_size: tuple[int, int], opset: int = 11) -> None:
+    """Writes ``model`` to ``path`` as arcface_torch's ``torch2onnx.py`` does: the legacy
+    (TorchScript) exporter in eval mode, input ``data`` of shape (1, 3, H, W), initializers not
+    listed as inputs, then the batch dimension renamed ``'None'`` (needs onnx)."""
+    import warnings
+
+    import onnx
+
+    img = torch.zeros(1, 3, *input_size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "the legacy TorchScript-based exporter"
+        torch.onnx.export(model.eval(), img, str(path), input_names=["data"], keep_initializers_as_inputs=False,
+                          verbose=False, opset_version=opset, dynamo=False)
+    exported = onnx.load(str(path))
+    exported.graph.input[0].type.tensor_type.shape.dim[0].dim_param = "None"
+    onnx.save(exported, str(path))

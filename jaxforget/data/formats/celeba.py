@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from jaxforget.data.formats.files import FileSource
+from jaxforget.data.formats.files import FileSource, landmark_file, read_text
 from jaxforget.data.source import DataError, EmptyDatasetError, LandmarkError, MissingFileError
 
 log = logging.getLogger(__name__)
@@ -49,30 +49,33 @@ def _check_missing(
 def read_celeba_identities(path: str) -> tuple[list[str], list[int]]:
     """``identity_CelebA.txt``: ``000001.jpg 2880`` lines -> (file names, identities)."""
     names, ids = [], []
-    with open(path, "r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            if len(parts) != 2:
-                raise DataError(f"{path}: line {lineno} should be '<file> <identity>', got {line.strip()!r}")
-            try:
-                ids.append(int(parts[1]))
-            except ValueError:
-                raise DataError(f"{path}: line {lineno}: identity {parts[1]!r} is not an integer") from None
-            names.append(parts[0])
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2:
+            raise DataError(f"{path}: line {lineno} should be '<file> <identity>', got {line.strip()!r}")
+        try:
+            ids.append(int(parts[1]))
+        except ValueError:
+            raise DataError(f"{path}: line {lineno}: identity {parts[1]!r} is not an integer") from None
+        if not -(2**63) <= ids[-1] < 2**63:
+            raise DataError(f"{path}: line {lineno}: identity {parts[1]} is out of the 64-bit range")
+        names.append(parts[0])
     return names, ids
 
 
 def read_celeba_landmarks(path: str) -> dict[str, np.ndarray]:
     """Official ``list_landmarks_align_celeba.txt`` or the Kaggle ``.csv`` -> {file: (5, 2)}."""
     out: dict[str, np.ndarray] = {}
-    with open(path, "r", encoding="utf-8") as f:
-        lines = [ln for ln in f.read().splitlines() if ln.strip()]
+    lines = [ln for ln in read_text(path).splitlines() if ln.strip()]
     if not lines:
         raise LandmarkError(f"{path}: the landmark file is empty")
     if path.lower().endswith(".csv") or "," in lines[0]:
-        rows = list(csv.reader(lines))
+        try:
+            rows = list(csv.reader(lines))
+        except csv.Error as e:
+            raise LandmarkError(f"{path}: not a CSV file ({e})") from None
         header, body = rows[0], rows[1:]
         if len(header) != 11 or header[0].strip() != "image_id":
             raise LandmarkError(
@@ -81,6 +84,8 @@ def read_celeba_landmarks(path: str) -> dict[str, np.ndarray]:
             )
         start = 2
     else:
+        if len(lines) < 2:
+            raise LandmarkError(f"{path}: expected the image count on line 1 and the header on line 2; got {lines}")
         body = [ln.split() for ln in lines[2:]]
         header = lines[1].split()
         if len(header) != 10:
@@ -141,16 +146,8 @@ class CelebASource(FileSource):
         keep, lost = _check_missing(names, _list_dir(img_dir), img_dir, id_path, missing)
         names = [names[k] for k in keep]
         ids = [ids[k] for k in keep]
-        lm_path = None
-        if landmarks == "auto":
-            for cand in ("list_landmarks_align_celeba.txt", "list_landmarks_align_celeba.csv"):
-                if os.path.isfile(os.path.join(root, cand)):
-                    lm_path = os.path.join(root, cand)
-                    break
-        elif landmarks is not None:
-            lm_path = os.fspath(landmarks)
-            if not os.path.isfile(lm_path):
-                raise MissingFileError(f"CelebA landmark file not found: {lm_path}")
+        lm_path = landmark_file(root, landmarks, ("list_landmarks_align_celeba.txt",
+                                                  "list_landmarks_align_celeba.csv"), "CelebA")
         lm_arr = None
         if lm_path is not None:
             table = read_celeba_landmarks(lm_path)

@@ -24,7 +24,7 @@ from typing import BinaryIO, Iterable, Sequence
 import numpy as np
 from PIL import Image
 
-from jaxforget.data.source import EmptyDatasetError, FaceSource
+from jaxforget.data.source import DataError, EmptyDatasetError, FaceSource
 
 MAGIC = 0xCED7230A
 _MAGIC_BYTES = struct.pack("<I", MAGIC)
@@ -32,16 +32,16 @@ _HEADER = struct.Struct("<IfQQ")
 _LEN_MASK = (1 << 29) - 1
 
 
-class RecordIOError(ValueError):
+class RecordIOError(DataError):
     """A malformed ``.rec`` / ``.idx`` file."""
 
 
 def read_index(idx_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
     """Read an ``.idx`` file into ``(keys int64, offsets int64)`` in file order."""
     keys, offsets = [], []
-    with open(idx_path, "r", encoding="ascii") as f:
-        for lineno, line in enumerate(f, 1):
-            line = line.strip()
+    with open(idx_path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            line = raw.strip().decode("ascii", "replace")
             if not line:
                 continue
             parts = line.split()
@@ -50,10 +50,13 @@ def read_index(idx_path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
                     f"{idx_path}: line {lineno} should be 'key<TAB>offset', got {line!r}"
                 )
             try:
-                keys.append(int(parts[0]))
-                offsets.append(int(parts[1]))
+                key, offset = int(parts[0]), int(parts[1])
             except ValueError as e:
                 raise RecordIOError(f"{idx_path}: line {lineno} is not two integers: {line!r}") from e
+            if not (-(2**63) <= key < 2**63 and -(2**63) <= offset < 2**63):
+                raise RecordIOError(f"{idx_path}: line {lineno}: key or offset out of the 64-bit range: {line!r}")
+            keys.append(key)
+            offsets.append(offset)
     return np.asarray(keys, np.int64), np.asarray(offsets, np.int64)
 
 
@@ -65,16 +68,17 @@ def pack_payload(label: float | Sequence[float], image_bytes: bytes, record_id: 
     return _HEADER.pack(len(labels), 0.0, record_id, id2) + labels.tobytes() + image_bytes
 
 
-def unpack_payload(payload: bytes) -> tuple[np.ndarray | float, bytes, int, int]:
-    """Inverse of :func:`pack_payload`: ``(label(s), image bytes, id, id2)``."""
+def unpack_payload(payload: bytes, where: str = "record") -> tuple[np.ndarray | float, bytes, int, int]:
+    """Inverse of :func:`pack_payload`: ``(label(s), image bytes, id, id2)``; ``where`` (the file
+    and key) starts every error message."""
     if len(payload) < _HEADER.size:
-        raise RecordIOError(f"record payload of {len(payload)} bytes is shorter than the 24-byte header")
+        raise RecordIOError(f"{where}: payload of {len(payload)} bytes is shorter than the 24-byte header")
     flag, label, rid, id2 = _HEADER.unpack_from(payload, 0)
     pos = _HEADER.size
     if flag > 0:
         end = pos + 4 * flag
         if end > len(payload):
-            raise RecordIOError(f"header says {flag} labels but the payload has {len(payload)} bytes")
+            raise RecordIOError(f"{where}: header says {flag} labels but the payload has {len(payload)} bytes")
         labels = np.frombuffer(payload[pos:end], np.float32).copy()
         return labels, payload[end:], rid, id2
     return label, payload[pos:], rid, id2
@@ -125,7 +129,7 @@ class RecordIOReader:
                 raise FileNotFoundError(f"RecordIO {what} not found: {p} (pass rec_path and idx_path explicitly)")
         self.keys, self.offsets = read_index(self.idx_path)
         self.size = os.path.getsize(self.rec_path)
-        bad = np.nonzero((self.offsets < 0) | (self.offsets + 8 > self.size))[0]
+        bad = np.nonzero((self.offsets < 0) | (self.offsets > self.size - 8))[0]
         if bad.size:
             k = int(bad[0])
             raise RecordIOError(
@@ -223,15 +227,27 @@ class RecordIOSource(FaceSource):
         keys = [int(k) for k in self.reader.keys]
         if not keys:
             raise EmptyDatasetError(f"{self.reader.idx_path} lists no records")
+        rec_path = self.reader.rec_path
         if 0 in keys:
-            label0, _, _, _ = unpack_payload(self.reader.read_key(0))
+            label0, _, _, _ = unpack_payload(self.reader.read_key(0), f"{rec_path} key 0")
             if isinstance(label0, np.ndarray) and label0.size >= 1:
+                if not (np.isfinite(label0[0]) and 0 <= label0[0] <= 2**62):
+                    raise RecordIOError(
+                        f"{rec_path} key 0: the header record names {label0[0]} as the end of the image "
+                        "records, not a record number"
+                    )
                 first = int(label0[0])
                 keys = [k for k in keys if 1 <= k < first]
         if not keys:
             raise EmptyDatasetError(f"{self.reader.rec_path}: no image records")
         self.keys = np.asarray(keys, np.int64)
         labels = self.reader.header_labels(self.keys)
+        bad = np.nonzero(~np.isfinite(labels) | (np.round(labels) != labels) | (np.abs(labels) > 2**53))[0]
+        if bad.size:
+            raise RecordIOError(
+                f"{rec_path} key {int(self.keys[bad[0]])}: label {labels[bad[0]]} is not an integer identity "
+                f"({bad.size} such records)"
+            )
         super().__init__(
             [f"rec:{k}" for k in keys], labels.astype(np.int64), output_size, strict=strict, name=f"RecordIO({rec_path})"
         )
@@ -240,5 +256,5 @@ class RecordIOSource(FaceSource):
         return f"{self.reader.rec_path} key {int(self.keys[i])}"
 
     def _open(self, i: int) -> Image.Image:
-        _, data, _, _ = unpack_payload(self.reader.read_key(int(self.keys[i])))
+        _, data, _, _ = unpack_payload(self.reader.read_key(int(self.keys[i])), self.describe(i))
         return Image.open(io.BytesIO(data))

@@ -23,7 +23,9 @@ from jaxforget.io.safe_pickle import UnsafePickleError, restricted_load
 def _reconstruct(cls, shape, dtype_code):
     if cls is not np.ndarray:
         raise pickle.UnpicklingError(f"refusing to rebuild {cls!r}: only numpy.ndarray is allowed")
-    return np.ndarray.__new__(np.ndarray, shape, dtype_code)
+    # numpy pickles an array as an empty (0,) array that BUILD then fills; the shape given here is
+    # not trusted (a hostile one would allocate its size before BUILD checks the data).
+    return np.ndarray.__new__(np.ndarray, (0,), np.uint8)
 
 
 def _dtype(code, *args):
@@ -72,6 +74,11 @@ def load_verification_bin(path: str) -> tuple[list[bytes], np.ndarray]:
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise DataError(f"{path}: expected a pickled (bins, issame_list) pair; got {type(obj).__name__}")
     bins, issame = obj
+    if not isinstance(bins, (tuple, list)) or not isinstance(issame, (tuple, list, np.ndarray)):
+        raise DataError(
+            f"{path}: expected a pickled (bins, issame_list) pair of lists; got ({type(bins).__name__}, "
+            f"{type(issame).__name__})"
+        )
     images = []
     for k, b in enumerate(bins):
         if isinstance(b, np.ndarray):
@@ -81,7 +88,7 @@ def load_verification_bin(path: str) -> tuple[list[bytes], np.ndarray]:
         if not isinstance(b, (bytes, bytearray)):
             raise DataError(f"{path}: image {k} is {type(b).__name__}, expected bytes")
         images.append(bytes(b))
-    if not all(isinstance(s, (bool, np.bool_)) for s in issame):
+    if np.ndim(issame) != 1 or not all(isinstance(s, (bool, np.bool_)) for s in issame):
         raise DataError(f"{path}: issame_list must hold booleans")
     if len(images) != 2 * len(issame):
         raise DataError(f"{path}: {len(images)} images for {len(issame)} pairs (expected 2 per pair)")

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import csv
+import io
 import os
 from typing import Sequence
 
 import numpy as np
 
-from jaxforget.data.formats.files import IMAGE_EXTENSIONS, FileSource
+from jaxforget.data.formats.files import IMAGE_EXTENSIONS, FileSource, read_text
 from jaxforget.data.source import DataError, EmptyDatasetError, MissingFileError, as_size, identity_array
 
 
 def read_vggface2_csv(path: str, columns: int) -> dict[str, np.ndarray]:
     """``NAME_ID,v1,...`` CSV (VGGFace2 ``loose_landmark_*.csv`` / ``loose_bb_*.csv``)."""
     out = {}
-    with open(path, "r", encoding="utf-8", newline="") as f:
-        reader = csv.reader(f)
+    reader = csv.reader(io.StringIO(read_text(path), newline=""))
+    try:
         header = next(reader, None)
         if header is None or len(header) != columns + 1 or header[0].strip() != "NAME_ID":
             raise DataError(f"{path}: expected a header 'NAME_ID' + {columns} columns; got {header}")
-        for lineno, row in enumerate(reader, 2):
+        for row in reader:
+            lineno = reader.line_num
             if not row:
                 continue
             if len(row) != columns + 1:
@@ -29,6 +31,8 @@ def read_vggface2_csv(path: str, columns: int) -> dict[str, np.ndarray]:
                 out[row[0].strip()] = np.asarray([float(v) for v in row[1:]], np.float64)
             except ValueError:
                 raise DataError(f"{path}: line {lineno}: non-numeric value in {row}") from None
+    except csv.Error as e:
+        raise DataError(f"{path}: line {reader.line_num}: not a CSV row ({e})") from None
     return out
 
 
@@ -49,7 +53,6 @@ class VGGFace2Source(FileSource):
         landmarks: str | None = "auto",
         boxes: str | None = "auto",
         box_margin: float = 0.3,
-        max_per_identity: int | None = None,
         strict: bool = False,
     ):
         root = os.fspath(root)
@@ -62,8 +65,6 @@ class VGGFace2Source(FileSource):
             if not os.path.isdir(full):
                 continue
             files = sorted(f for f in os.listdir(full) if f.lower().endswith(IMAGE_EXTENSIONS))
-            if max_per_identity is not None:
-                files = files[:max_per_identity]
             for fn in files:
                 rel.append(f"{d}/{fn}")
                 ids.append(d)
