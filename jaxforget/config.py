@@ -73,7 +73,7 @@ def shared_config() -> ml_collections.ConfigDict:
 
     c.data = ml_collections.ConfigDict(
         dict(
-            # celeba | vggface2 | orl | folder | recordio | synthetic
+            # celeba | celeba_wild | vggface2 | orl | folder | recordio | synthetic
             name="celeba",
             root="",  # dataset folder (recordio: the .rec file, or the folder holding train.rec)
             annotations="",  # identity file (CelebA: identity_CelebA.txt under root by default)
