@@ -92,7 +92,7 @@ def validate(cfg):
             if not value or not os.path.exists(value):
                 raise UserError(
                     f"config field {field}={value!r} {'is empty' if not value else 'does not exist'}"
-                    f": the protocols in evals read {SET_BUILDERS[name].doc}; set "
+                    f": the protocols in evals read {builders[name].doc}; set "
                     f"--config.{field}=<folder>, or drop those protocols from evals.")
     _check_batch_sizes(cfg)
     return cfg
