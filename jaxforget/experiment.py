@@ -6,12 +6,13 @@
       (``<workdir>/split.json``);
 2. loads the base model (``config.model.init``: a converted checkpoint, or a PyTorch ``.pth`` /
       ``.ckpt`` converted on the fly), or fine-tunes one first with CosFace when
-      ``config.pretrain.steps > 0`` (cached and reused across runs);
+      ``config.pretrain.steps > 0`` (cached and reused across runs, and across seeds when
+      ``config.base_seed`` fixes it);
 3. embeds the evaluation sets with the original model (:mod:`jaxforget.eval.sets`: the sets the
       protocols need, stored and reused) and runs every protocol of ``config.evals``;
 4. runs the unlearning method (``config.method``) through the one recipe
       (:func:`jaxforget.trainer.unlearn`: checkpoints, automatic resume, JSONL metrics,
-      forget-set CS);
+      forget-set CS), evaluating the models of ``config.train.curve_steps`` on the way;
 5. embeds and evaluates again, then writes ``results.json``, ``results.md``, ``tsne.png`` and the
       unlearned backbone (``unlearned_model/``, plus ``unlearned_backbone.pth`` when
       ``config.export_torch``, ``unlearned_backbone.onnx`` when ``config.export_onnx``). The
@@ -89,6 +90,7 @@ def make_or_load_split(cfg, source, workdir: pathlib.Path):
         retain_train_fraction=float(cfg.retain.train_fraction),
         num_retain=int(cfg.retain.max_identities) or None,
         seed=int(cfg.seed),
+        halves_seed=int(cfg.base_seed) if int(cfg.base_seed) >= 0 else None,
         image_ids=source.image_ids,
     )
     if f.identities:
@@ -155,14 +157,14 @@ def _train_iterator(source, indices, split, batch_size: int, k: int, seed: int):
 
 
 def run_phase(*, phase: str, method_name: str, method_cfg, cfg, bundle, variables, head,
-              iterators: Mapping[str, Any], workdir: pathlib.Path, num_classes: int, mesh,
-              saliency_batches=None, hook=None) -> tuple[dict[str, Any], Any]:
+              iterators: Mapping[str, Any], workdir: pathlib.Path, num_classes: int, mesh, seed: int,
+              saliency_batches=None, hook=None, hook_every: int = 0) -> tuple[dict[str, Any], Any]:
     """Trains ``variables`` with a method for ``method_cfg.steps`` steps; returns (variables, head)."""
     result = trainer.unlearn(
         method_name, method_cfg, _context(bundle, cfg, num_classes), variables, iterators,
-        rng=jax.random.PRNGKey(int(cfg.seed) + 1000 * (phase == "pretrain")), head=head,
+        rng=jax.random.PRNGKey(seed + 1000 * (phase == "pretrain")), head=head,
         workdir=workdir, phase=phase, mesh=mesh, saliency_batches=saliency_batches, hook=hook,
-        hook_every=int(cfg.train.cs_every) if hook else 0,
+        hook_every=hook_every if hook else 0,
         checkpoint_every=int(cfg.train.checkpoint_every), log_every=int(cfg.train.log_every),
         config=wd.config_as_dict(cfg),
     )
@@ -173,8 +175,10 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh,
     """CosFace fine-tuning on every train image of the split (forget and retain identities).
 
     The result (backbone and head) is cached under ``<cache_dir>/base_models`` keyed by the
-    model, data, split and settings, so the demo trains its base model once.
+    model, data, the split's training set and settings, so the demo trains its base model once
+    (and with a fixed ``base_seed`` every seed reuses one).
     """
+    seed = wd.base_seed(cfg)
     path = wd.base_model_path(cfg, split, workdir, data_version=synthetic.GENERATOR_VERSION)
     if checkpoint.is_variables_checkpoint(path):
         stored, meta = checkpoint.load_variables(path)
@@ -189,7 +193,7 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh,
         retain_batch_size=int(p.batch_size), bn_mode=str(p.bn_mode),
     ))
     train_idx = np.concatenate([split.forget_train(), split.retain_train()])
-    it = _train_iterator(source, train_idx, split, batch, int(p.images_per_identity), int(cfg.seed) + 7)
+    it = _train_iterator(source, train_idx, split, batch, int(p.images_per_identity), seed + 7)
     if p.head_init == "imprint":
         batches = pipeline.eval_dataset(source, train_idx, batch_size=int(cfg.eval.batch_size),
                                         label_map=split.class_index)
@@ -197,7 +201,7 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh,
                             progress="[pretrain] imprint the head", total=batches.num_images)
         head = eval_sets.imprint_head([train], split.num_classes, bundle.embedding_size)
     elif p.head_init == "random":
-        rng = np.random.default_rng(int(cfg.seed))
+        rng = np.random.default_rng(seed)
         head = rng.standard_normal((split.num_classes, bundle.embedding_size)).astype(np.float32)
         head /= np.linalg.norm(head, axis=1, keepdims=True)
     else:
@@ -209,7 +213,7 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh,
     variables, head = run_phase(
         phase="pretrain", method_name="finetune", method_cfg=method_cfg, cfg=cfg, bundle=bundle,
         variables=variables, head=head, iterators={"retain": it}, workdir=workdir,
-        num_classes=split.num_classes, mesh=mesh,
+        num_classes=split.num_classes, mesh=mesh, seed=seed,
     )
     checkpoint.save_variables(
         path,
@@ -220,10 +224,19 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh,
     return variables, head
 
 
+def curve_state(step: int) -> str:
+    """The results key (and embeddings prefix) of the model after ``step`` training steps."""
+    return f"step_{step}"
+
+
 def _train_method(cfg, bundle, variables, head, source, split, workdir: pathlib.Path, mesh,
-                  batches: Mapping[str, int]):
+                  batches: Mapping[str, int], curve: dict[str, Any], eval_fn):
     """Runs the configured (trained) method on the forget / retain train images (batch sizes
-    from :func:`fit_batches`); returns the unlearned variables."""
+    from :func:`fit_batches`); returns the unlearned variables.
+
+    At each step of ``train.curve_steps`` the model of that step is evaluated with ``eval_fn``
+    (variables, state name) -> results and stored in ``curve`` under :func:`curve_state`.
+    """
     m = cfg.method
     k = int(m.images_per_identity)
     forget_batch, retain_batch = batches["method.batch_size"], batches["method.retain_batch_size"]
@@ -238,11 +251,24 @@ def _train_method(cfg, bundle, variables, head, source, split, workdir: pathlib.
         return [next(it) for _ in range(int(m.salun_batches))]
 
     cs_fn = eval_sets.forget_cs_hook(bundle, source, split)
+    cs_every, curve_steps = int(cfg.train.cs_every), {int(s) for s in cfg.train.curve_steps}
+
+    def hook(step, state):
+        out = {}
+        if cs_every and step % cs_every == 0:
+            out.update(cs_fn(methods.variables_of(state)))
+        if step in curve_steps:
+            name = curve_state(step)
+            curve[name] = eval_fn(methods.variables_of(state), name)
+            out.update({f"{p}_mAP": curve[name][p]["mAP"] for p in ("forget_base", "retain_search")
+                        if "mAP" in curve[name].get(p, {})})
+        return out
+
     variables1, _ = run_phase(
         phase="unlearn", method_name=m.name, method_cfg=m, cfg=cfg, bundle=bundle,
         variables=variables, head=head, iterators=iterators, workdir=workdir,
-        num_classes=split.num_classes, mesh=mesh, saliency_batches=saliency_batches,
-        hook=lambda step, state: cs_fn(methods.variables_of(state)),
+        num_classes=split.num_classes, mesh=mesh, seed=int(cfg.seed), saliency_batches=saliency_batches,
+        hook=hook, hook_every=1 if curve_steps else cs_every,
     )
     return variables1
 
@@ -314,14 +340,17 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
         variables, head = pretrain(cfg, bundle, variables, source, split, workdir, mesh,
                                    batches["pretrain.batch_size"])
 
-    sets0 = eval_sets.embed_sets(
-        cfg, bundle, variables, source, split, names, distractors, workdir, "original"
-    )
+    def embed_and_evaluate(params, state: str):
+        """The sets embedded by model ``state`` (stored ones reloaded) and every protocol on them."""
+        sets = eval_sets.embed_sets(cfg, bundle, params, source, split, names, distractors,
+                                    workdir, state)
+        return sets, evaluate(cfg, sets)
+
+    sets0, original = embed_and_evaluate(variables, "original")
     if head is None:
         head = eval_sets.imprint_head(
             [sets0["forget_train"], sets0["retain_train"]], split.num_classes, bundle.embedding_size
         )
-    results = {"original": evaluate(cfg, sets0)}
 
     # Unlearning.
     m = cfg.method
@@ -338,16 +367,24 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
             f"[unlearn] projection: removed {info['removed_dims']} centroid directions of "
             f"{info['identities']} forget identities from the embedding"
         )
+    curve: dict[str, Any] = {}
     if method.closed_form:
         variables1 = variables
     else:
         variables1 = _train_method(cfg, bundle, variables, head, source, split, workdir, mesh,
-                                   batches)
-
-    sets1 = eval_sets.embed_sets(
-        cfg, bundle, variables1, source, split, names, distractors, workdir, "unlearned"
-    )
-    results["unlearned"] = evaluate(cfg, sets1)
+                                   batches, curve, lambda v, state: embed_and_evaluate(v, state)[1])
+    # The curve's models, in step order between the original and the unlearned one.
+    results = {"original": original}
+    for step in sorted(int(s) for s in cfg.train.curve_steps):
+        name = curve_state(step)
+        if name in curve:
+            results[name] = curve[name]
+        elif eval_sets.is_stored(cfg, split, workdir, name, names):  # evaluated before a resume
+            results[name] = embed_and_evaluate(None, name)[1]
+        else:
+            _log(f"train.curve_steps: step {step} was not evaluated (this workdir's training had "
+                 "passed it before the field was set); use a new --workdir for the whole curve")
+    sets1, results["unlearned"] = embed_and_evaluate(variables1, "unlearned")
     meta = {
         "method": m.name,
         "seed": int(cfg.seed),

@@ -59,6 +59,15 @@ def validate(cfg):
         methods.resolve_hparams(cfg.method, methods.get_method(cfg.method.name))
     except ValueError as e:
         raise UserError(str(e)) from e
+    steps = 0 if methods.get_method(cfg.method.name).closed_form else int(cfg.method.steps)
+    bad = [s for s in cfg.train.get("curve_steps", ()) if not (isinstance(s, int) and 0 < s < steps)]
+    if bad:
+        raise UserError(f"train.curve_steps={tuple(cfg.train.curve_steps)}: {bad[0]!r} is not a step "
+                        f"between 1 and method.steps - 1 = {steps - 1} (the Original is step 0 and "
+                        "the unlearned model the last step; both are always evaluated).")
+    if int(cfg.get("base_seed", -1)) < -1:
+        raise UserError(f"base_seed={cfg.base_seed}: use a seed >= 0 (one base model for every seed) "
+                        "or -1 (the run's seed: a base model per seed).")
     if cfg.model.init and not os.path.exists(os.path.expanduser(cfg.model.init)):
         raise UserError(
             f"model.init={cfg.model.init!r} does not exist: give a checkpoint converted"

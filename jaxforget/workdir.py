@@ -13,8 +13,9 @@ read it through these functions)::
       embeddings/<key>/<set>.npz      the original model's embeddings, shared by every method run
                                       on the same base model and split (embedding_path)
 
-``<key>`` (:func:`_cache_key`) hashes everything the base model depends on: the model, the data,
-the pretraining and head settings and the split. Every file is written with :func:`write_atomic`,
+A base model's ``<key>`` (:func:`base_model_path`) hashes everything it depends on: the model, the
+data, the pretraining and head settings, the split's training set and the base seed; the original
+embeddings' key adds the whole split (which people are forgotten) and the flip setting. Every file is written with :func:`write_atomic`,
 so an interrupted run leaves no torn file behind.
 
 The lowest layer of the package next to ``ops`` and ``errors``: it imports no other module of
@@ -150,8 +151,19 @@ def cache_root(cfg, workdir: pathlib.Path) -> pathlib.Path:
     return pathlib.Path(cfg.cache_dir or (workdir.parent / "cache"))
 
 
-def _cache_key(cfg, split, *extra, data_version: int) -> str:
-    """Everything the base model (and so the original embeddings) depends on.
+def base_seed(cfg) -> int:
+    """The seed of the base model: ``config.base_seed``, or the run's seed when it is -1."""
+    base = int(cfg.get("base_seed", -1))  # absent in the config.json of runs before the field
+    return base if base >= 0 else int(cfg.seed)
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _base_model_key(cfg, split, *, data_version: int) -> str:
+    """Everything the base model depends on: model, data, pretraining, head, the split's training
+    set (not which people are forgotten) and the base seed.
 
     ``data_version`` is the synthetic generator's version (``data.synthetic.GENERATOR_VERSION``):
     for ``data.name='synthetic'`` the images are made by code, and a new generator is new data.
@@ -169,24 +181,19 @@ def _cache_key(cfg, split, *extra, data_version: int) -> str:
             data[key] = str(pathlib.Path(data[key]).expanduser().resolve())
     if data.get("name") == "synthetic":
         data["generator_version"] = data_version
-    blob = json.dumps(
-        {
-            "model": model,
-            "data": data,
-            "pretrain": cfg.pretrain.to_dict(),
-            "head": cfg.head.to_dict(),
-            "split": split.to_json(),
-            "extra": extra,
-        },
-        sort_keys=True,
-        default=str,
-    )
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+    return _digest({
+        "model": model,
+        "data": data,
+        "pretrain": cfg.pretrain.to_dict(),
+        "head": cfg.head.to_dict(),
+        "training_set": split.training_set(),
+        "base_seed": base_seed(cfg),
+    })
 
 
 def base_model_path(cfg, split, workdir: pathlib.Path, *, data_version: int) -> pathlib.Path:
     """Where the fine-tuned base model of this config and split is cached."""
-    key = _cache_key(cfg, split, data_version=data_version)
+    key = _base_model_key(cfg, split, data_version=data_version)
     return (cache_root(cfg, workdir) / "base_models" / key).resolve()
 
 
@@ -196,7 +203,8 @@ def embedding_path(cfg, split, workdir: pathlib.Path, state: str, name: str, *,
     model's in the shared cache (every method run on the same base model and split reuses them),
     the unlearned model's in the run's ``embeddings/``."""
     if state == "original":
-        key = _cache_key(cfg, split, bool(cfg.eval.flip), data_version=data_version)
+        key = _digest([_base_model_key(cfg, split, data_version=data_version), split.to_json(),
+                       bool(cfg.eval.flip)])
         return cache_root(cfg, workdir) / "embeddings" / key / f"{name}.npz"
     return workdir / "embeddings" / f"{state}_{name}.npz"
 

@@ -48,6 +48,20 @@ def test_split_deterministic_disjoint_and_fractions():
     np.testing.assert_array_equal(a.labels([0, 11, 99]), [0, 11, -1])
 
 
+def test_a_halves_seed_cuts_every_person_alike_whoever_is_forgotten():
+    ids = _identities()
+    a = make_split(ids, num_forget=3, min_images=6, seed=0, halves_seed=5)
+    b = make_split(ids, num_forget=3, min_images=6, seed=1, halves_seed=5)
+    assert a.forget_ids != b.forget_ids
+    assert a.training_set() == b.training_set()  # one base model fine-tuned on it serves both
+    assert a.to_json() != b.to_json()
+    _check_partition(b, ids)
+    # Without it, the halves follow the seed (and the split file is the one of earlier runs).
+    c = make_split(ids, num_forget=3, min_images=6, seed=1)
+    assert c.training_set() != b.training_set() and "halves_seed" not in c.params
+    assert c.forget_ids == b.forget_ids
+
+
 def test_explicit_forget_ids_and_num_retain():
     ids = _identities()
     s = make_split(ids, forget_ids=[5, "9"], min_images=2, seed=0, retain_min_images=3, num_retain=4, train_fraction=0.25)

@@ -114,6 +114,41 @@ def test_closed_form_projection_run(tmp_path):
     assert res["unlearned"]["forget_base"]["CS"] < res["original"]["forget_base"]["CS"]
 
 
+def test_seeds_share_one_base_model_under_a_fixed_base_seed(tmp_path, capsys):
+    """``base_seed`` fixed: one Original fine-tuned once for every seed (each person's halves
+    are the same), other forget people per seed; mean +- std written over the seeds."""
+    c = tiny_config("project")  # trains nothing after the base model: seconds
+    c.cache_dir = str(tmp_path / "cache")
+    c.seeds, c.base_seed = (0, 1), 0
+    experiment.run(c, tmp_path / "run")
+    assert len(list((tmp_path / "cache" / "base_models").iterdir())) == 1
+    assert len(list((tmp_path / "cache" / "embeddings").iterdir())) == 2
+    assert capsys.readouterr().err.count("[pretrain] using the cached base model") == 1
+    s0, s1 = (splits.Split.load(tmp_path / "run" / f"seed_{s}" / "split.json") for s in (0, 1))
+    assert s0.forget_ids != s1.forget_ids and s0.training_set() == s1.training_set()
+    assert " +- " in (tmp_path / "run" / "results.md").read_text()
+
+
+def test_step_curve_rows_and_their_resume(tmp_path):
+    """``train.curve_steps``: the model of each listed step is evaluated like the final one; a
+    resumed run (here: past the last step) restores the rows from the stored embeddings."""
+    c = tiny_config()
+    c.cache_dir = str(tmp_path / "cache")
+    c.method.steps, c.train.curve_steps = 3, (1, 2)
+    experiment.run(c, tmp_path / "run")
+    res = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [k for k in res if k != "meta"] == ["original", "step_1", "step_2", "unlearned"]
+    assert res["step_1"]["forget_base"] != res["unlearned"]["forget_base"]
+    md = (tmp_path / "run" / "results.md").read_text()
+    assert "| hard_disp @ 1 steps |" in md and "| hard_disp @ 2 steps |" in md
+    (tmp_path / "run" / "results.json").unlink()
+    for f in (tmp_path / "run" / "embeddings").glob("unlearned_*"):
+        f.unlink()
+    experiment.run(c, tmp_path / "run")  # resumes at step 3: the hooks of steps 1 and 2 never run
+    again = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert {k: again[k] for k in res if k != "meta"} == {k: res[k] for k in res if k != "meta"}
+
+
 def _load_tool(name):
     return importlib.import_module(f"tools.{name}")
 

@@ -53,6 +53,15 @@ def test_config_mistakes_are_caught_before_any_work(tmp_path):
     c.data.cfp_root = str(tmp_path / "absent")
     with pytest.raises(UserError, match=r"data.cfp_root=.*absent' does not exist"):
         validation.validate(c)
+    c = tiny_config()
+    c.method.steps, c.train.curve_steps = 4, (2, 4)
+    with pytest.raises(UserError, match=r"train.curve_steps=\(2, 4\): 4 is not a step between 1 "
+                                        r"and method.steps - 1 = 3"):
+        validation.validate(c)
+    c = tiny_config()
+    c.base_seed = -2
+    with pytest.raises(UserError, match=r"base_seed=-2: use a seed >= 0"):
+        validation.validate(c)
     validation.validate(tiny_config())  # the tiny config itself is fine
 
 

@@ -15,38 +15,58 @@ from runner_fixtures import load_config, tiny_config
 
 
 class _Split:
+    def __init__(self, forget=("a", "b"), seed=3):
+        self.forget, self.seed = list(forget), seed
+
+    def training_set(self):  # what a base model is fine-tuned on: the same for every forget set
+        return {"train": [["a", [0]], ["b", [1]], ["c", [2]]], "class_index": [["a", 0], ["b", 1], ["c", 2]]}
+
     def to_json(self):
-        return {"forget": ["a", "b"], "retain": ["c"], "seed": 3}
+        return {**self.training_set(), "forget": self.forget, "seed": self.seed}
 
 
-def _cfg(name="synthetic"):
+def _cfg(name="synthetic", seed=3, base_seed=-1):
     return ml_collections.ConfigDict(dict(
         model=dict(name="iresnet18", init="", embedding_size=32),
         data=dict(name=name, root="" if name == "synthetic" else "/data/x", num_identities=16),
         pretrain=dict(steps=2, lr=0.1), head=dict(kind="cosface", s=64.0, m=0.4),
-        eval=dict(flip=True), cache_dir="/cache"))
+        eval=dict(flip=True), cache_dir="/cache", seed=seed, base_seed=base_seed))
 
 
-def test_cache_keys_and_paths_are_those_of_earlier_runs():
-    """The keys equal those of the runner before the move (caches of earlier runs stay valid)."""
+def _base(cfg, split, version=1):
+    return wd.base_model_path(cfg, split, pathlib.Path("/runs/a"), data_version=version)
+
+
+def _emb(cfg, split, state="original", version=1):
+    return wd.embedding_path(cfg, split, pathlib.Path("/runs/a"), state, "forget_test",
+                             data_version=version)
+
+
+def test_cache_paths_are_stable_and_named_by_their_inputs():
     run = pathlib.Path("/runs/a")
-    assert wd._cache_key(_cfg(), _Split(), data_version=1) == "8f20ff17fcac7e6c"
-    assert wd._cache_key(_cfg(), _Split(), True, data_version=1) == "33fe72a27ce01d94"
-    assert wd._cache_key(_cfg("folder"), _Split(), data_version=1) == "4c355f41400b953f"
-    assert wd.base_model_path(_cfg(), _Split(), run, data_version=1) == pathlib.Path(
-        "/cache/base_models/8f20ff17fcac7e6c")
-    assert wd.embedding_path(_cfg(), _Split(), run, "original", "forget_test",
-                             data_version=1) == pathlib.Path(
-        "/cache/embeddings/33fe72a27ce01d94/forget_test.npz")
-    assert wd.embedding_path(_cfg(), _Split(), run, "unlearned", "forget_test",
-                             data_version=1) == run / "embeddings" / "unlearned_forget_test.npz"
+    # Pinned: a change of the key recipe makes every cached base model unreachable; change these
+    # on purpose only.
+    assert _base(_cfg(), _Split()) == pathlib.Path("/cache/base_models/f0540198d8d5036f")
+    assert _emb(_cfg(), _Split()) == pathlib.Path("/cache/embeddings/9a3eb1b37c1c46ea/forget_test.npz")
+    assert _emb(_cfg(), _Split(), "unlearned") == run / "embeddings" / "unlearned_forget_test.npz"
     # A new synthetic generator is new data; the version does not matter for files on disk.
-    assert wd._cache_key(_cfg(), _Split(), data_version=2) != "8f20ff17fcac7e6c"
-    assert wd._cache_key(_cfg("folder"), _Split(), data_version=2) == "4c355f41400b953f"
+    assert _base(_cfg(), _Split(), 2) != _base(_cfg(), _Split())
+    assert _base(_cfg("folder"), _Split(), 2) == _base(_cfg("folder"), _Split())
     # Without cache_dir the cache sits beside the workdir.
     c = _cfg()
     c.cache_dir = ""
     assert wd.cache_root(c, run) == pathlib.Path("/runs/cache")
+
+
+def test_a_fixed_base_seed_shares_one_base_model_across_forget_sets():
+    one, other = _Split(("a", "b"), seed=0), _Split(("c",), seed=1)
+    shared0, shared1 = _cfg(seed=0, base_seed=0), _cfg(seed=1, base_seed=0)
+    assert _base(shared0, one) == _base(shared1, other)
+    assert _emb(shared0, one) != _emb(shared1, other)  # other people's embeddings
+    # Per-seed base models (base_seed -1) and another base seed are other models.
+    assert _base(_cfg(seed=0), one) != _base(_cfg(seed=1), other)
+    assert _base(_cfg(seed=0, base_seed=1), one) != _base(shared0, one)
+    assert wd.base_seed(shared1) == 0 and wd.base_seed(_cfg(seed=1)) == 1
 
 
 def test_cache_key_follows_a_reconverted_checkpoint(tmp_path):
@@ -54,9 +74,9 @@ def test_cache_key_follows_a_reconverted_checkpoint(tmp_path):
     ckpt.write_bytes(b"one")
     c = _cfg()
     c.model.init = str(ckpt)
-    k1 = wd._cache_key(c, _Split(), data_version=1)
+    k1 = _base(c, _Split())
     ckpt.write_bytes(b"other weights")  # same path, other size: another base model
-    assert wd._cache_key(c, _Split(), data_version=1) != k1
+    assert _base(c, _Split()) != k1
 
 
 def test_default_workdir_names_method_and_data():

@@ -9,14 +9,14 @@ Each (method, seed) runs ``configs/<method>.py:<arg>`` with that seed in
 ``<workdir>/<method>/seed_<s>``; a run whose ``results.json`` exists is skipped, so an interrupted
 table resumes where it stopped (and an interrupted run resumes from its checkpoint). The original
 model's embeddings are shared by every method of a seed through the cache in ``<workdir>/cache``.
-Writes ``<workdir>/table.md`` and ``<workdir>/table.json``.
+Writes ``<workdir>/table.md`` and ``<workdir>/table.json`` after every run: every finished run
+under the workdir (so methods added by a later call join the same page).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
-import json
 import pathlib
 import sys
 import time
@@ -25,6 +25,7 @@ from jaxforget import config as config_lib
 from jaxforget import experiment
 from jaxforget.errors import UserError
 from jaxforget.eval import report
+from jaxforget.workdir import write_atomic, write_json
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PAPER_METHODS = ("rl", "ga", "bs", "lipschitz", "contrastive", "disp", "hard_disp", "retrain")
@@ -79,14 +80,12 @@ def main(argv=None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     root = args.workdir.resolve()
-    runs = []
     for method in methods:
         for seed in seeds:
             wd = root / method / f"seed_{seed}"
             done = wd / "results.json"
             if done.exists():
                 print(f"[table] {method} seed {seed}: done earlier ({done})", file=sys.stderr)
-                runs.append(report.load_results(done))
                 continue
             cfg = load_config(method, args.arg)
             apply_overrides(cfg, args.overrides)
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
             print(f"[table] {method} seed {seed} -> {wd}", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             try:
-                res = experiment.run(cfg, wd)
+                experiment.run(cfg, wd)
             except UserError as e:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
@@ -104,14 +103,23 @@ def main(argv=None) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-            runs.append(res)
+            write_table(root)  # the rows so far: a stopped table still has its page
+    md, n = write_table(root)
+    print(md)
+    print(f"[table] {n} runs; written {root / 'table.md'}", file=sys.stderr)
+    return 0
+
+
+def write_table(root: pathlib.Path) -> tuple[str, int]:
+    """``table.md`` / ``table.json``: mean +- std per method over every finished run under
+    ``root`` (``<method>/seed_<s>/results.json``, this call's methods or an earlier one's).
+    Returns the Markdown and the number of runs."""
+    runs = [report.load_results(p) for p in sorted(root.glob("*/seed_*/results.json"))]
     agg = report.aggregate(runs)
     md = report.aggregate_markdown(agg)
-    (root / "table.md").write_text(md + "\n")
-    (root / "table.json").write_text(json.dumps(agg, indent=2) + "\n")
-    print(md)
-    print(f"[table] {len(runs)} runs; written {root / 'table.md'}", file=sys.stderr)
-    return 0
+    write_atomic(root / "table.md", md + "\n")
+    write_json(root / "table.json", agg)
+    return md, len(runs)
 
 
 if __name__ == "__main__":

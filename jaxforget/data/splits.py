@@ -156,6 +156,12 @@ class Split:
                 f"({fingerprint(source.image_ids)}): same length, different images or order"
             )
 
+    def training_set(self) -> dict[str, Any]:
+        """What a model fine-tuned on this split's train images sees: every identity's train
+        records and its class (forget and retain alike), not which identities are forgotten."""
+        full = self.to_json()
+        return {k: full[k] for k in ("num_records", "source_fingerprint", "class_index", "train")}
+
     # -- JSON ---------------------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         def ident_pairs(part):
@@ -263,6 +269,7 @@ def make_split(
     retain_train_fraction: float | None = None,
     num_retain: int | None = None,
     seed: int = 0,
+    halves_seed: int | None = None,
     image_ids: Sequence[str] | None = None,
 ) -> Split:
     """Draw a forget / retain split from per-record raw identities.
@@ -279,7 +286,10 @@ def make_split(
         (identities with one image get only a train image).
       retain_train_fraction: the retain identities' train fraction (defaults to ``train_fraction``).
       num_retain: keep only this many retain identities (drawn at random), ``None`` keeps all.
-      seed: the split's seed.
+      seed: the split's seed (draws the forget and retain identities).
+      halves_seed: the seed that cuts each identity's images into train and test parts (default
+        ``seed``). A fixed value cuts every person the same way whichever identities ``seed``
+        forgets, so one base model fine-tuned on the train parts serves every seed.
       image_ids: the source's image ids, to store a fingerprint checked by ``Split.check_source``.
     Raises:
       EmptyDatasetError: no records.
@@ -362,7 +372,7 @@ def make_split(
     test: dict[Hashable, np.ndarray] = {}
     for v in forget + retain:
         frac = train_fraction if v in forget_set else r_frac
-        rng = np.random.default_rng([seed, 1, position[v]])
+        rng = np.random.default_rng([seed if halves_seed is None else halves_seed, 1, position[v]])
         train[v], test[v] = _split_images(np.asarray(members[v], np.int64), frac, rng)
 
     classes = sorted(forget + retain, key=_sort_key)
@@ -375,6 +385,8 @@ def make_split(
         retain_train_fraction=retain_train_fraction,
         num_retain=num_retain,
     )
+    if halves_seed is not None:  # only when set: the split files (and cache keys) of runs without it stay as they were
+        params["halves_seed"] = int(halves_seed)
     return Split(
         forget_ids=tuple(forget),
         retain_ids=tuple(retain),

@@ -79,7 +79,10 @@ def _audit_columns(states: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> lis
 def _row_label(state: str, meta: Mapping[str, Any]) -> str:
     if state == "original":
         return "Original"
-    return str(meta.get("method", state))
+    method = str(meta.get("method", state))
+    if state.startswith("step_"):  # a model of the step curve (config train.curve_steps)
+        return f"{method} @ {state[len('step_'):]} steps"
+    return method
 
 
 def results_markdown(results: Mapping[str, Any]) -> str:

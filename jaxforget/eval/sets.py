@@ -307,6 +307,13 @@ def embed_sets(cfg, bundle, variables, source, split, names: Iterable[str], dist
     return out
 
 
+def is_stored(cfg, split, workdir: pathlib.Path, state: str, names: Iterable[str]) -> bool:
+    """Whether every named set of model ``state`` is stored (so :func:`embed_sets` needs no model)."""
+    builders = set_builders(cfg)
+    return all(builders[n].parts or embedding_path(cfg, split, workdir, state, n).exists()
+               for n in names)
+
+
 def load_stored_sets(run: pathlib.Path, evals: tuple[str, ...], state: str):
     """The sets that protocols ``evals`` need, as stored by the finished run in ``run`` under
     model ``state``; returns ``(cfg, split, sets)``. No model is run: a missing file is a

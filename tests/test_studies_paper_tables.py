@@ -1,0 +1,41 @@
+"""studies/paper_tables.py: the paper's tables from a table run, and the target checks."""
+
+import json
+
+from studies import paper_tables
+
+
+def _cell(mean, std=0.0, n=3):
+    return {"mean": mean, "std": std, "n": n}
+
+
+def _agg():
+    return {
+        "Original": {"forget_base": {"mAP": _cell(0.90), "R@1": _cell(1.0), "CS": _cell(0.6)},
+                     "cfp_fp": {"mAP": _cell(0.40)}, "cfp_fp_verification": {"acc": _cell(0.81)},
+                     "retain_search": {"mAP": _cell(0.88)}},
+        "hard_disp": {"forget_base": {"mAP": _cell(0.30, 0.02), "R@1": _cell(0.5), "CS": _cell(0.10)},
+                      "cfp_fp": {"mAP": _cell(0.36)}, "cfp_fp_verification": {"acc": _cell(0.805)},
+                      "retain_search": {"mAP": _cell(0.87)}},
+        "project": {"forget_base": {"mAP": _cell(0.5)}},
+    }
+
+
+def test_tables_name_methods_as_the_paper_and_put_its_numbers_beside():
+    md = paper_tables.tables_markdown(_agg())
+    assert "| Hard Dispersion Loss | 3 | 30.00 +- 2.00 (16.00) | 50.00 +- 0.00 (65.87) |" in md
+    assert "| Original | 3 | 90.00 +- 0.00 (88.70) |" in md
+    assert "| project | 3 | 50.00 +- 0.00 |" in md  # not in the paper: no bracket
+    assert "Table 3" not in md  # no extended protocol in this table run
+    assert md.index("| Original") < md.index("| Hard Dispersion Loss") < md.index("| project")
+
+
+def test_targets_say_met_or_missed_with_the_margin(tmp_path, capsys):
+    md = paper_tables.targets_markdown(_agg())
+    assert "forget mAP kept: 33.3% of the Original's (paper 18%); target <= 35%: **met**" in md
+    assert "CFP-FP mAP: 36.00 vs 40.00 (drop 4.00 points); target drop <= 3.0: **missed**" in md
+    assert "forget R@1 50.00 (paper 65.87); target <= 40 (beyond the paper): **missed**" in md
+    path = tmp_path / "table.json"
+    path.write_text(json.dumps(_agg()))
+    assert paper_tables.main([str(path), "--out", str(tmp_path / "t.md")]) == 0
+    assert (tmp_path / "t.md").read_text() == capsys.readouterr().out

@@ -1,0 +1,32 @@
+"""tools/run_table.py: the method x seed table, resumable, its page written after every run."""
+
+import json
+
+from tools import run_table
+
+# tests/runner_fixtures.tiny_config as --set overrides of the demo preset.
+TINY = ["model.width_mult=0.125", "model.input_size=(16, 16)", "model.embedding_size=32",
+        "data.num_identities=16", "data.images_per_identity=6", "forget.num_identities=4",
+        "pretrain.steps=2", "pretrain.batch_size=16", "eval.batch_size=32", "eval.tsne=False",
+        "base_seed=0", "method.steps=1", "method.batch_size=8", "method.retain_batch_size=8"]
+
+
+def test_table_rows_fill_and_a_rerun_skips_finished_runs(tmp_path, capsys, monkeypatch):
+    args = ["--arg=demo", "--methods=project", "--seeds=0,1", f"--workdir={tmp_path}"]
+    args += [a for t in TINY for a in ("--set", t)]
+    pages = []
+    write = run_table.write_table
+    monkeypatch.setattr(run_table, "write_table", lambda root: pages.append(write(root)[1]) or write(root))
+    assert run_table.main(args) == 0
+    assert pages == [1, 2, 2]  # after each run, then the final page
+    agg = json.loads((tmp_path / "table.json").read_text())
+    assert agg["project"]["forget_base"]["mAP"]["n"] == 2
+    assert "| project | 2 |" in (tmp_path / "table.md").read_text()
+    assert len(list((tmp_path / "cache" / "base_models").iterdir())) == 1  # base_seed: one base model
+    capsys.readouterr()
+    assert run_table.main(args) == 0
+    assert capsys.readouterr().err.count("done earlier") == 2
+    assert json.loads((tmp_path / "table.json").read_text()) == agg
+    # Another method later joins the same page.
+    assert run_table.main([a.replace("project", "finetune").replace("0,1", "0") for a in args]) == 0
+    assert set(json.loads((tmp_path / "table.json").read_text())) == {"Original", "project", "finetune"}
