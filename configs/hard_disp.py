@@ -20,6 +20,12 @@ batch has positives), no retain loss. Lost in the paper's text and chosen here:
     cost retain 0.03-0.07; BatchNorm frozen costs retain more for the same forgetting. The forget
     set holds 3-5 train images per identity, so the loss saturates within ~20 steps (the paper's
     1,000 iterations would only overfit these few images).
+  * :celeba_wild (about 13 train photos per forget person): 0.05 for 100 steps, from the step
+    curve of docs/RESULTS.md section 4a (seed 0): forget mAP 98.85 -> 40.0 after 50 steps, 37.4
+    after 100, 35.0-36.4 from 250 to 1,000, while retain mAP falls 5.3 -> 6.3 -> 11.3 points and
+    CFP-FP mAP 6.6 -> 8.6 -> 13.5; lr 0.01 spends 2.8 retain points for forget 89.6 (50 steps);
+    BatchNorm frozen collapses retention (retain mAP 52.0 after 50 steps), bn_mode 'batch' forgets
+    less and retains no better.
   * demo (small IResNet on synthetic identities): 0.01 for 150 steps.
   * paper scale (IResNet-50 on CelebA): 0.01 for 1,000 steps, not measured here (no GPU).
 

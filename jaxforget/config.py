@@ -246,8 +246,8 @@ def celeba_wild_overrides(c: ml_collections.ConfigDict) -> ml_collections.Config
     of 1.8 (batch statistics are another network); a random head instead of the imprinted one
     collapses the model even at lr 0.001 (CS 0.98 everywhere, retain 88.4 -> 51.6). The Original
     this gives (seed 0; the CASIA model's value in brackets): forget mAP 98.85 (98.66), retain mAP
-    88.99 (88.39), CFP-FP search mAP 41.74 (43.25), CFP-FP / CFP-FF verification 81.47 / 98.61
-    (80.83 / 98.87); pretraining takes ~16 min on 2 CPU cores.
+    88.99 (88.39), CFP-FP search mAP 41.64 (43.25), CFP-FP / CFP-FF verification 80.93 / 98.60
+    (80.83 / 98.87); pretraining takes ~12-16 min on 2 CPU cores (docs/RESULTS.md section 4).
 
     Retain protocols: retrieval on the retain people's unseen photos (``retain_search``), CFP-FP
     frontal-to-profile search and the 10-fold CFP-FP / CFP-FF verification (``data.cfp_root``).

@@ -35,6 +35,24 @@ def test_frozen_bn_mode_keeps_running_statistics():
     chex.assert_trees_all_equal(state.batch_stats, variables["batch_stats"])
 
 
+def test_batch_bn_mode_trains_like_train_mode_and_keeps_running_statistics():
+    """bn_mode='batch': the parameters of 'train' mode, the original running statistics."""
+    _, variables, head, ctx = setup()
+    method = M.get_method("disp")
+    out = {}
+    for mode in ("train", "batch"):
+        cfg = {"bn_mode": mode, "lr": 1e-2, "flip": False}
+        state = M.init_state(method, cfg, variables, head, rng_key(0))
+        step = jax.jit(M.make_update_step(method, cfg, ctx))
+        for _ in range(2):  # the second step would see drifted statistics if they were kept
+            state, _ = step(state, make_batch(method, cfg))
+        out[mode] = state
+    chex.assert_trees_all_close(out["batch"].params, out["train"].params, rtol=1e-6, atol=1e-7)
+    chex.assert_trees_all_equal(out["batch"].batch_stats, variables["batch_stats"])
+    with pytest.raises(AssertionError):
+        chex.assert_trees_all_equal(out["train"].batch_stats, variables["batch_stats"])
+
+
 def test_sharded_batch_update_matches_unsharded():
     from jax.sharding import NamedSharding, PartitionSpec as P
 

@@ -14,7 +14,7 @@ from typing import Any
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "linear", "step")
-BN_MODES = ("train", "frozen")
+BN_MODES = ("train", "frozen", "batch")
 RETAIN_LOSSES = ("cosface", "distill")
 VIEW_POSITIVES = ("identity", "image")
 
@@ -41,7 +41,7 @@ class HParams:
     step_factor: float = 0.1          # 'step': lr multiplier at each boundary
     clip_norm: float = 0.0            # 0: no clipping
     # Model behaviour.
-    bn_mode: str = "train"            # train | frozen
+    bn_mode: str = "train"            # train | frozen | batch (optim.py says what each does)
     flip: bool = True                 # random horizontal flip on device (paper's only augmentation)
     # Dispersion.
     margin: float = 0.0               # m_d (paper's value lost; 0 = push positives to orthogonal)

@@ -9,8 +9,11 @@ What trains (every method):
   of ``-0.0`` (:func:`freeze_transform`; bit-identical after any weight decay or momentum) and, in
   ``bn_mode='train'``, unchanged running statistics;
 * BatchNorm running statistics: updated in train mode (``method.bn_mode='train'``, like PyTorch's
-  ``model.train()``: each forward pass of the trained model moves them), or left unchanged with
-  eval-mode normalisation (``bn_mode='frozen'``);
+  ``model.train()``: each forward pass of the trained model moves them), left unchanged with
+  eval-mode normalisation (``bn_mode='frozen'``), or left unchanged while the training forward
+  passes normalise with their batch statistics (``bn_mode='batch'``: the parameters follow the
+  'train' trajectory exactly; the deployed model keeps the original's running statistics
+  instead of ones drifted towards the forget batches);
 * the CosFace head (``TrainState.head``, class weights ``(C, d)``): frozen, except for the methods
   that train it (``finetune`` and ``retrain``, :attr:`Method.trains_head`).
 

@@ -187,7 +187,7 @@ def make_update_step(method: Method, method_cfg: Any, ctx: Context
         def objective(tr):
             # Leaves outside method.trainable enter as constants: XLA drops their backward pass.
             params = frozen_where(hp.trainable, tr["params"], tr["params"])
-            fwd = Forward(ctx, params, state.batch_stats, hp.bn_mode == "train", fwd_rng,
+            fwd = Forward(ctx, params, state.batch_stats, hp.bn_mode != "frozen", fwd_rng,
                           hp.flip, state.frozen)
             head = tr.get("head", state.head)
             loss, metrics = method.loss(fwd, head, batch, loss_rng, hp, ctx)
@@ -200,6 +200,8 @@ def make_update_step(method: Method, method_cfg: Any, ctx: Context
 
         (loss, (metrics, batch_stats)), grads = jax.value_and_grad(objective, has_aux=True)(
             trainable)
+        if hp.bn_mode == "batch":  # batch statistics in the forward passes only
+            batch_stats = state.batch_stats
         batch_stats = frozen_where(hp.trainable, batch_stats, state.batch_stats)
         updates, opt_state = tx.update(grads, state.opt_state, trainable)
         new = optax.apply_updates(trainable, updates)
