@@ -11,22 +11,21 @@ TINY = ["model.width_mult=0.125", "model.input_size=(16, 16)", "model.embedding_
         "base_seed=0", "method.steps=1", "method.batch_size=8", "method.retain_batch_size=8"]
 
 
-def test_table_rows_fill_and_a_rerun_skips_finished_runs(tmp_path, capsys, monkeypatch):
-    args = ["--arg=demo", "--methods=project", "--seeds=0,1", f"--workdir={tmp_path}"]
-    args += [a for t in TINY for a in ("--set", t)]
+def test_table_pages_fill_run_by_run_and_a_rerun_skips_finished_runs(tmp_path, capsys, monkeypatch):
+    def args(seeds):
+        return ["--arg=demo", "--methods=project", f"--seeds={seeds}", f"--workdir={tmp_path}"] + [
+            a for t in TINY for a in ("--set", t)]
+
     pages = []
     write = run_table.write_table
     monkeypatch.setattr(run_table, "write_table", lambda root: pages.append(write(root)[1]) or write(root))
-    assert run_table.main(args) == 0
-    assert pages == [1, 2, 2]  # after each run, then the final page
+    assert run_table.main(args("0")) == 0
+    assert pages == [1, 1]  # after the run, then the final page
+    capsys.readouterr()
+    assert run_table.main(args("0,1")) == 0  # seed 0 is done: only seed 1 runs
+    assert capsys.readouterr().err.count("done earlier") == 1
+    assert pages == [1, 1, 2, 2]  # the page holds the earlier call's run too
     agg = json.loads((tmp_path / "table.json").read_text())
     assert agg["project"]["forget_base"]["mAP"]["n"] == 2
     assert "| project | 2 |" in (tmp_path / "table.md").read_text()
     assert len(list((tmp_path / "cache" / "base_models").iterdir())) == 1  # base_seed: one base model
-    capsys.readouterr()
-    assert run_table.main(args) == 0
-    assert capsys.readouterr().err.count("done earlier") == 2
-    assert json.loads((tmp_path / "table.json").read_text()) == agg
-    # Another method later joins the same page.
-    assert run_table.main([a.replace("project", "finetune").replace("0,1", "0") for a in args]) == 0
-    assert set(json.loads((tmp_path / "table.json").read_text())) == {"Original", "project", "finetune"}
