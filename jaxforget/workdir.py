@@ -15,8 +15,8 @@ read it through these functions)::
 
 A base model's ``<key>`` (:func:`base_model_path`) hashes everything it depends on: the model, the
 data, the pretraining and head settings, the split's training set and the base seed; the original
-embeddings' key adds the whole split (which people are forgotten) and the flip setting. Every file is written with :func:`write_atomic`,
-so an interrupted run leaves no torn file behind.
+embeddings' key adds the whole split (which people are forgotten) and the flip setting. Every
+file is written with :func:`write_atomic`, so an interrupted run leaves no torn file behind.
 
 The lowest layer of the package next to ``ops`` and ``errors``: it imports no other module of
 ``jaxforget``, so data, evaluation and the runner can all use it. The configs and splits it reads
