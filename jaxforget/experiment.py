@@ -226,7 +226,7 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh,
 
 def curve_state(step: int) -> str:
     """The results key (and embeddings prefix) of the model after ``step`` training steps."""
-    return f"step_{step}"
+    return f"{report.CURVE_PREFIX}{step}"
 
 
 def _train_method(cfg, bundle, variables, head, source, split, workdir: pathlib.Path, mesh,

@@ -76,12 +76,16 @@ def _audit_columns(states: Mapping[str, Mapping[str, Mapping[str, Any]]]) -> lis
     return sorted({p for per in states.values() for p, m in per.items() if "knn_acc" in m})
 
 
+# Results key prefix of a step curve's models (``step_<n>``; config ``train.curve_steps``).
+CURVE_PREFIX = "step_"
+
+
 def _row_label(state: str, meta: Mapping[str, Any]) -> str:
     if state == "original":
         return "Original"
     method = str(meta.get("method", state))
-    if state.startswith("step_"):  # a model of the step curve (config train.curve_steps)
-        return f"{method} @ {state[len('step_'):]} steps"
+    if state.startswith(CURVE_PREFIX):
+        return f"{method} @ {state[len(CURVE_PREFIX):]} steps"
     return method
 
 
