@@ -51,6 +51,9 @@ def shared_config() -> ml_collections.ConfigDict:
     # that every seed shares, as the paper fine-tunes one Original; the forget people are still
     # drawn by `seed`.
     c.base_seed = -1
+    # The name of this run's rows in results and tables ('' = the method's name); a variant of a
+    # method (another trainable subset, say) gets its own row beside the method's.
+    c.label = ""
     # Multi-host: 'auto' (Cloud TPU / SLURM) or 'host:port'; empty for one host.
     c.distributed = ml_collections.ConfigDict(
         dict(coordinator_address="", num_processes=0, process_id=-1)

@@ -387,6 +387,7 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     sets1, results["unlearned"] = embed_and_evaluate(variables1, "unlearned")
     meta = {
         "method": m.name,
+        **({"label": str(cfg.label)} if cfg.get("label") else {}),
         "seed": int(cfg.seed),
         "model": cfg.model.name,
         "data": cfg.data.name,

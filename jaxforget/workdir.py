@@ -42,7 +42,7 @@ from jaxforget.errors import UserError
 # caches live -- not what a run computes. Re-running a workdir with other values of these goes on
 # with its checkpoints and stored embeddings; any other change is refused (check_workdir_config).
 RERUN_FREE_FIELDS = ("evals", "eval.tsne", "eval.tsne_identities", "eval.index", "train",
-                     "export_torch", "export_onnx", "cache_dir", "seeds", "distributed")
+                     "export_torch", "export_onnx", "cache_dir", "seeds", "distributed", "label")
 
 
 # --------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ from runner_fixtures import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 3
+EVALS = ("forget_base", "retain_search")  # the protocols compared below
 
 DRIVER = f"""
 import pathlib, sys
@@ -34,6 +35,8 @@ pid, port, workdir = int(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])
 c = tiny_config()
 c.cache_dir = str(workdir / "cache")
 c.method.steps = {STEPS}
+c.evals = {EVALS!r}
+c.eval.flip = False
 c.distributed.coordinator_address = f"localhost:{{port}}"
 c.distributed.num_processes = 2
 c.distributed.process_id = pid
@@ -53,6 +56,8 @@ def test_two_processes_equal_one_process(tmp_path):
     c = tiny_config()
     c.cache_dir = str(tmp_path / "one" / "cache")
     c.method.steps = STEPS
+    c.evals = EVALS
+    c.eval.flip = False
     experiment.run(c, tmp_path / "one" / "run")
 
     driver = tmp_path / "driver.py"
@@ -77,7 +82,7 @@ def test_two_processes_equal_one_process(tmp_path):
     r1 = json.loads((tmp_path / "one" / "run" / "results.json").read_text())
     r2 = json.loads((tmp_path / "two" / "run" / "results.json").read_text())
     for state in ("original", "unlearned"):
-        for proto in ("forget_base", "retain_search"):
+        for proto in EVALS:
             assert r2[state][proto]["mAP"] == pytest.approx(r1[state][proto]["mAP"], abs=1e-6)
     # One writer: process 1 logged no metrics of its own (the file holds each step once).
     steps = [json.loads(s)["step"] for s in

@@ -39,3 +39,30 @@ def test_targets_say_met_or_missed_with_the_margin(tmp_path, capsys):
     path.write_text(json.dumps(_agg()))
     assert paper_tables.main([str(path), "--out", str(tmp_path / "t.md")]) == 0
     assert (tmp_path / "t.md").read_text() == capsys.readouterr().out
+
+
+def test_the_papers_shape_is_checked_for_the_rows_present():
+    agg = _agg()
+    agg["rl"] = {"forget_base": {"mAP": _cell(0.87)}}
+    agg["ga"] = {"forget_base": {"mAP": _cell(0.80)}}
+    agg["bs"] = {"forget_base": {"mAP": _cell(0.60)}}
+    md = paper_tables.shape_markdown(agg)
+    assert "- Random Labeling: forget mAP 87.00 vs 90.00 (drop 3.00 points); paper: within ~5: " \
+           "**as in the paper**" in md
+    assert "- Gradient Ascent: forget mAP 80.00 vs 90.00 (drop 10.00 points); paper: within ~5: " \
+           "**not as in the paper**" in md
+    assert ("- Boundary Shrink: forget mAP 60.00; paper: below the baselines above (80.00 at least) "
+            "and above the dispersion losses (30.00 at most): **as in the paper**") in md
+    agg["bs"] = {"forget_base": {"mAP": _cell(0.20)}}
+    assert "**not as in the paper**" in paper_tables.shape_markdown(agg).splitlines()[-1]
+    assert paper_tables.shape_markdown({"rl": agg["rl"]}) == ""  # no Original: nothing to check
+
+
+def test_variant_rows_carry_their_tag_and_the_beyond_bound():
+    agg = _agg()
+    agg["hard_disp+linear1"] = agg.pop("hard_disp")
+    md = paper_tables.tables_markdown(agg)
+    assert "| Hard Dispersion Loss + linear1 | 3 | 30.00 +- 2.00 |" in md  # no paper number
+    assert paper_tables.targets_markdown(agg) == ""  # no hard_disp row
+    md = paper_tables.targets_markdown(agg, "hard_disp+linear1")
+    assert "33.3% of the Original's (paper 18%); target <= 18%: **missed**" in md

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from tools import run_table
 
 # tests/runner_fixtures.tiny_config as --set overrides of the demo preset.
@@ -29,3 +31,16 @@ def test_table_pages_fill_run_by_run_and_a_rerun_skips_finished_runs(tmp_path, c
     assert agg["project"]["forget_base"]["mAP"]["n"] == 2
     assert "| project | 2 |" in (tmp_path / "table.md").read_text()
     assert len(list((tmp_path / "cache" / "base_models").iterdir())) == 1  # base_seed: one base model
+
+    # A tagged variant gets its own folder and rows beside the method's, and shares the base model.
+    assert run_table.main(args("0") + ["--tag=no_flip", "--set", "method.flip=False"]) == 0
+    agg = json.loads((tmp_path / "table.json").read_text())
+    assert agg["project+no_flip"]["forget_base"]["mAP"]["n"] == 1
+    assert agg["project"]["forget_base"]["mAP"]["n"] == 2
+    assert (tmp_path / "project+no_flip" / "seed_0" / "results.json").exists()
+    assert len(list((tmp_path / "cache" / "base_models").iterdir())) == 1
+
+
+def test_a_tag_must_be_a_folder_name(tmp_path):
+    with pytest.raises(SystemExit, match="--tag='a/b'"):
+        run_table.main(["--arg=demo", "--methods=project", f"--workdir={tmp_path}", "--tag=a/b"])

@@ -4,11 +4,14 @@
 Usage:
   python tools/run_table.py --arg=celeba --seeds=0,1,2 --workdir=runs/celeba \\
       [--methods=hard_disp,disp,rl,ga,bs,lipschitz,contrastive,retrain] [--set method.steps=100]
+      [--tag=linear1 --set method.trainable=linear1/]
 
 Each (method, seed) runs ``configs/<method>.py:<arg>`` with that seed in
-``<workdir>/<method>/seed_<s>``; a run whose ``results.json`` exists is skipped, so an interrupted
-table resumes where it stopped (and an interrupted run resumes from its checkpoint). The original
-model's embeddings are shared by every method of a seed through the cache in ``<workdir>/cache``.
+``<workdir>/<method>/seed_<s>`` (``<method>+<tag>`` with ``--tag``: a variant of the methods,
+whose rows sit beside theirs in the same page); a run whose ``results.json`` exists is skipped, so
+an interrupted table resumes where it stopped (and an interrupted run resumes from its
+checkpoint). The original model's embeddings are shared by every method of a seed through the
+cache in ``<workdir>/cache``.
 Writes ``<workdir>/table.md`` and ``<workdir>/table.json`` after every run: every finished run
 under the workdir (so methods added by a later call join the same page).
 """
@@ -68,6 +71,8 @@ def main(argv=None) -> int:
     ap.add_argument("--methods", default=",".join(PAPER_METHODS))
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--workdir", type=pathlib.Path, required=True)
+    ap.add_argument("--tag", default="",
+                    help="name these runs <method>+<tag> (their folder and their table rows)")
     ap.add_argument(
         "--set",
         action="append",
@@ -80,18 +85,22 @@ def main(argv=None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     root = args.workdir.resolve()
+    if args.tag and not args.tag.replace("_", "").replace("-", "").isalnum():
+        raise SystemExit(f"--tag={args.tag!r}: use letters, digits, '_' or '-' (a folder name)")
     for method in methods:
+        name = f"{method}+{args.tag}" if args.tag else method
         for seed in seeds:
-            wd = root / method / f"seed_{seed}"
+            wd = root / name / f"seed_{seed}"
             done = wd / "results.json"
             if done.exists():
-                print(f"[table] {method} seed {seed}: done earlier ({done})", file=sys.stderr)
+                print(f"[table] {name} seed {seed}: done earlier ({done})", file=sys.stderr)
                 continue
             cfg = load_config(method, args.arg)
             apply_overrides(cfg, args.overrides)
             cfg.seed = seed
+            cfg.label = name if args.tag else ""
             cfg.cache_dir = str(root / "cache")
-            print(f"[table] {method} seed {seed} -> {wd}", file=sys.stderr, flush=True)
+            print(f"[table] {name} seed {seed} -> {wd}", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             try:
                 experiment.run(cfg, wd)
@@ -99,7 +108,7 @@ def main(argv=None) -> int:
                 print(f"error: {e}", file=sys.stderr)
                 return 2
             print(
-                f"[table] {method} seed {seed}: {time.perf_counter() - t0:.0f}s",
+                f"[table] {name} seed {seed}: {time.perf_counter() - t0:.0f}s",
                 file=sys.stderr,
                 flush=True,
             )

@@ -83,7 +83,7 @@ CURVE_PREFIX = "step_"
 def _row_label(state: str, meta: Mapping[str, Any]) -> str:
     if state == "original":
         return "Original"
-    method = str(meta.get("method", state))
+    method = str(meta.get("label") or meta.get("method", state))
     if state.startswith(CURVE_PREFIX):
         return f"{method} @ {state[len(CURVE_PREFIX):]} steps"
     return method
