@@ -6,8 +6,9 @@ Usage:
       [--out_md table.md] [--out_json table.json]
 
 Each argument is a glob (quote it) or a file; a directory stands for its results.json. Rows:
-``Original`` (each meta seed counted once) and one row per ``meta['method']``; cells are
-``mean +- std`` (sample std, ddof=1) of percentages, CS as a plain cosine.
+``Original`` (each meta seed counted once) and one row per ``meta['label']`` (or, without a
+label, ``meta['method']``); cells are ``mean +- std`` (sample std, ddof=1) of percentages, CS as
+a plain cosine.
 """
 
 from __future__ import annotations
