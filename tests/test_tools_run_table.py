@@ -33,11 +33,11 @@ def test_table_pages_fill_run_by_run_and_a_rerun_skips_finished_runs(tmp_path, c
     assert len(list((tmp_path / "cache" / "base_models").iterdir())) == 1  # base_seed: one base model
 
     # A tagged variant gets its own folder and rows beside the method's, and shares the base model.
-    assert run_table.main(args("0") + ["--tag=no_flip", "--set", "method.flip=False"]) == 0
+    assert run_table.main(args("0") + ["--tag=no.flip", "--set", "method.flip=False"]) == 0
     agg = json.loads((tmp_path / "table.json").read_text())
-    assert agg["project+no_flip"]["forget_base"]["mAP"]["n"] == 1
+    assert agg["project+no.flip"]["forget_base"]["mAP"]["n"] == 1
     assert agg["project"]["forget_base"]["mAP"]["n"] == 2
-    assert (tmp_path / "project+no_flip" / "seed_0" / "results.json").exists()
+    assert (tmp_path / "project+no.flip" / "seed_0" / "results.json").exists()
     assert len(list((tmp_path / "cache" / "base_models").iterdir())) == 1
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import ast
 import pathlib
+import re
 import sys
 import time
 
@@ -85,8 +86,8 @@ def main(argv=None) -> int:
     methods = [m for m in args.methods.split(",") if m]
     seeds = [int(s) for s in args.seeds.split(",") if s]
     root = args.workdir.resolve()
-    if args.tag and not args.tag.replace("_", "").replace("-", "").isalnum():
-        raise SystemExit(f"--tag={args.tag!r}: use letters, digits, '_' or '-' (a folder name)")
+    if args.tag and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.tag):
+        raise SystemExit(f"--tag={args.tag!r}: use letters, digits, '_', '.' or '-' (a folder name)")
     for method in methods:
         name = f"{method}+{args.tag}" if args.tag else method
         for seed in seeds:
