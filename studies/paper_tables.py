@@ -16,6 +16,8 @@ the paper names them. Columns (ours, then the paper's IResNet-50 number in brack
 * Table 3 (extended galleries): ``forget_extended`` and ``cfp_fp_extended``.
 * CFP verification (not in the paper; the issue's retain bound): ``cfp_fp_verification`` and
   ``cfp_ff_verification`` accuracy.
+* The re-identification audit (not in the paper): ``reid_audit``'s 1-NN and linear-probe
+  attackers, fit on the forget people's train photos, tested on their test photos.
 
 Rows of a tagged variant (``tools/run_table.py --tag``, e.g. ``hard_disp+linear1``) are named
 after their method with the tag ("Hard Dispersion Loss + linear1"), without the paper's numbers.
@@ -97,6 +99,10 @@ TABLES = {
     ],
     "CFP verification accuracy (10 folds, %; not in the paper)": [
         ("", "cfp_fp_verification", "acc", "CFP-FP"), ("", "cfp_ff_verification", "acc", "CFP-FF"),
+    ],
+    "Re-identification audit (forget test photos, %; chance 10; not in the paper)": [
+        ("", "reid_audit", "knn_acc", "1-NN attack"),
+        ("", "reid_audit", "probe_acc", "linear-probe attack"),
     ],
 }
 
@@ -225,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{args.table}: cannot read a table.json ({e})") from None
     parts = [tables_markdown(agg), shape_markdown(agg)]
     parts += [targets_markdown(agg, m) for m in args.method.split(",") if m]
-    md = "\n".join(p + "\n" for p in parts if p)
+    md = "\n\n".join(p.strip() for p in parts if p) + "\n"
     print(md, end="")
     if args.out:
         args.out.write_text(md)
