@@ -4,9 +4,11 @@
 Usage, from the repository root::
 
     python -m studies.paper_tables runs/celeba_wild/table.json [--out docs/celeba_wild_tables.md]
+    python -m studies.paper_tables runs/celeba_wild/*/seed_0      # these runs only
 
 The input is what ``tools/run_table.py`` (or ``tools/aggregate.py --out_json``) writes: rows
-``Original`` and one per method, ``{protocol: {metric: {mean, std, n}}}``. Methods are named as
+``Original`` and one per method, ``{protocol: {metric: {mean, std, n}}}``; or run folders /
+``results.json`` files, aggregated here the same way. Methods are named as
 the paper names them. Columns (ours, then the paper's IResNet-50 number in brackets):
 
 * Table 1 (base retrieval): forget ``forget_base``; CFP-FP ``cfp_fp``; the paper's VGGFace2
@@ -35,6 +37,7 @@ import pathlib
 import sys
 from typing import Any, Mapping
 
+from jaxforget.eval import report
 from jaxforget.eval.report import fmt
 
 # Method names as the paper prints them (rows of the input are meta['method'] or 'Original').
@@ -218,17 +221,34 @@ def targets_markdown(agg: Mapping[str, Any], method: str = "hard_disp") -> str:
     return "\n".join(lines)
 
 
+def load_table(inputs: list[pathlib.Path]) -> dict[str, Any]:
+    """One ``table.json``, or the aggregate of run folders / ``results.json`` files."""
+    if len(inputs) == 1 and inputs[0].is_file() and inputs[0].name != "results.json":
+        try:
+            return json.loads(inputs[0].read_text())
+        except (OSError, ValueError) as e:
+            raise SystemExit(f"{inputs[0]}: cannot read a table.json ({e})") from None
+    files = []
+    for p in inputs:
+        if p.is_dir() and not (p / "results.json").exists():
+            print(f"{p}: no results.json (unfinished run?); left out", file=sys.stderr)
+            continue
+        files.append(p / "results.json" if p.is_dir() else p)
+    try:
+        return report.aggregate([report.load_results(f) for f in files])
+    except (OSError, ValueError) as e:
+        raise SystemExit(f"cannot read the runs: {e}") from None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("table", type=pathlib.Path, help="table.json of tools/run_table.py")
+    ap.add_argument("inputs", type=pathlib.Path, nargs="+",
+                    help="a table.json of tools/run_table.py, or run folders / results.json files")
     ap.add_argument("--method", default="hard_disp",
                     help="the rows the targets are checked for, comma-separated")
     ap.add_argument("--out", type=pathlib.Path, help="also write the Markdown here")
     args = ap.parse_args(argv)
-    try:
-        agg = json.loads(args.table.read_text())
-    except (OSError, ValueError) as e:
-        raise SystemExit(f"{args.table}: cannot read a table.json ({e})") from None
+    agg = load_table(args.inputs)
     parts = [tables_markdown(agg), shape_markdown(agg)]
     parts += [targets_markdown(agg, m) for m in args.method.split(",") if m]
     md = "\n\n".join(p.strip() for p in parts if p) + "\n"

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from studies import paper_tables
 
 
@@ -66,3 +68,24 @@ def test_variant_rows_carry_their_tag_and_the_beyond_bound():
     assert paper_tables.targets_markdown(agg) == ""  # no hard_disp row
     md = paper_tables.targets_markdown(agg, "hard_disp+linear1")
     assert "33.3% of the Original's (paper 18%); target <= 18%: **missed**" in md
+
+
+def test_run_folders_are_aggregated_and_unfinished_ones_left_out(tmp_path, capsys):
+    def run(name, seed, forget_map):
+        d = tmp_path / name / f"seed_{seed}"
+        d.mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({
+            "meta": {"method": name, "seed": seed},
+            "original": {"forget_base": {"mAP": 0.9}},
+            "unlearned": {"forget_base": {"mAP": forget_map}}}))
+        return d
+
+    dirs = [run("hard_disp", 0, 0.3), run("hard_disp", 1, 0.4)]
+    (tmp_path / "hard_disp" / "seed_2").mkdir()  # still running: no results.json
+    assert paper_tables.main([str(d) for d in dirs] + [str(tmp_path / "hard_disp" / "seed_2")]) == 0
+    out, err = capsys.readouterr()
+    assert "| Hard Dispersion Loss | 2 | 35.00 +- 7.07 (16.00) |" in out
+    assert "| Original | 2 | 90.00 +- 0.00 (88.70) |" in out
+    assert "seed_2: no results.json" in err
+    with pytest.raises(SystemExit, match="cannot read the runs"):
+        paper_tables.main([str(tmp_path / "nowhere.json"), str(dirs[0])])
