@@ -38,7 +38,6 @@ import sys
 from typing import Any, Mapping
 
 from jaxforget.eval import report
-from jaxforget.eval.report import fmt
 
 # Method names as the paper prints them (rows of the input are meta['method'] or 'Original').
 PAPER_NAMES = {
@@ -123,7 +122,7 @@ def _cell(agg: Mapping[str, Any], row: str, proto: str, metric: str) -> dict | N
 def _ours(cell: Mapping[str, float] | None, metric: str) -> str:
     if cell is None:
         return "-"
-    return f"{fmt(metric, cell['mean'])} +- {fmt(metric, cell['std'])}"
+    return f"{report.fmt(metric, cell['mean'])} +- {report.fmt(metric, cell['std'])}"
 
 
 def _paper(value: float | None, metric: str) -> str:
