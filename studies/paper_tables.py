@@ -39,7 +39,8 @@ from typing import Any, Mapping
 
 from jaxforget.eval import report
 
-# Method names as the paper prints them (rows of the input are meta['method'] or 'Original').
+# Method names as the paper prints them (rows of the input are meta['method'] or 'Original'),
+# and this project's closed-form method beside them.
 PAPER_NAMES = {
     "Original": "Original",
     "rl": "Random Labeling",
@@ -49,8 +50,9 @@ PAPER_NAMES = {
     "bs": "Boundary Shrink",
     "disp": "Dispersion Loss",
     "hard_disp": "Hard Dispersion Loss",
+    "project": "Identity Projection (ours)",  # beyond the paper: jaxforget.methods.projection
 }
-ORDER = ("Original", "rl", "ga", "lipschitz", "contrastive", "bs", "disp", "hard_disp")
+ORDER = ("Original", "rl", "ga", "lipschitz", "contrastive", "bs", "disp", "hard_disp", "project")
 
 # The paper's means (IResNet-50 fine-tuned on CelebA, 3 seeds), from its Tables 1-3, in percent
 # (CS as a cosine): {paper name: {column: value}}; a missing entry is a column it does not report.

@@ -19,7 +19,7 @@ def _agg():
         "hard_disp": {"forget_base": {"mAP": _cell(0.30, 0.02), "R@1": _cell(0.5), "CS": _cell(0.10)},
                       "cfp_fp": {"mAP": _cell(0.36)}, "cfp_fp_verification": {"acc": _cell(0.805)},
                       "retain_search": {"mAP": _cell(0.87)}},
-        "project": {"forget_base": {"mAP": _cell(0.5)}},
+        "finetune": {"forget_base": {"mAP": _cell(0.5)}},
     }
 
 
@@ -27,9 +27,9 @@ def test_tables_name_methods_as_the_paper_and_put_its_numbers_beside():
     md = paper_tables.tables_markdown(_agg())
     assert "| Hard Dispersion Loss | 3 | 30.00 +- 2.00 (16.00) | 50.00 +- 0.00 (65.87) |" in md
     assert "| Original | 3 | 90.00 +- 0.00 (88.70) |" in md
-    assert "| project | 3 | 50.00 +- 0.00 |" in md  # not in the paper: no bracket
+    assert "| finetune | 3 | 50.00 +- 0.00 |" in md  # not in the paper: no bracket
     assert "Table 3" not in md  # no extended protocol in this table run
-    assert md.index("| Original") < md.index("| Hard Dispersion Loss") < md.index("| project")
+    assert md.index("| Original") < md.index("| Hard Dispersion Loss") < md.index("| finetune")
 
 
 def test_targets_say_met_or_missed_with_the_margin(tmp_path, capsys):
