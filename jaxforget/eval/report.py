@@ -12,8 +12,8 @@ decimals (``CS`` is a cosine and stays a plain number with three decimals), like
 Aggregation (:func:`aggregate`): rows are ``Original`` and one row per unlearning method
 (``meta['label']``, a variant's name, or else ``meta['method']``); each cell is ``mean +- std``
 over the runs in that row, with the sample standard deviation (``ddof=1``; ``+- 0.00`` shown for
-a single run). The original model is
-shared by every method run on the same seed, so ``Original`` counts each ``meta['seed']`` once.
+a single run). The original model is shared by every method run on the same seed, so
+``Original`` counts each ``meta['seed']`` once.
 """
 
 from __future__ import annotations
