@@ -5,6 +5,8 @@ Usage, from the repository root::
 
     python -m studies.paper_tables runs/celeba_wild/table.json [--out docs/celeba_wild_tables.md]
     python -m studies.paper_tables runs/celeba_wild/*/seed_0      # these runs only
+    python -m studies.paper_tables docs/runs/celeba_wild/rl/seed_* \
+        --into=docs/RESULTS.md:paper_tables_baselines     # regenerate that block of the page
 
 The input is what ``tools/run_table.py`` (or ``tools/aggregate.py --out_json``) writes: rows
 ``Original`` and one per method, ``{protocol: {metric: {mean, std, n}}}``; or run folders /
@@ -241,6 +243,26 @@ def load_table(inputs: list[pathlib.Path]) -> dict[str, Any]:
         raise SystemExit(f"cannot read the runs: {e}") from None
 
 
+def fill_block(page: pathlib.Path, marker: str, md: str) -> None:
+    """Puts ``md`` between ``<!-- marker:begin -->`` and ``<!-- marker:end -->`` of ``page``.
+
+    Headings go one level down (the page holds the tables under its own sections); the rest of the
+    page is left as it is.
+    """
+    begin, end = f"<!-- {marker}:begin -->", f"<!-- {marker}:end -->"
+    try:
+        text = page.read_text()
+    except OSError as e:
+        raise SystemExit(f"--into: cannot read {page} ({e})") from None
+    head, sep, rest = text.partition(begin + "\n")
+    body, sep2, tail = rest.partition(end)
+    if not sep or not sep2 or begin in tail:
+        raise SystemExit(f"--into: {page} needs exactly one '{begin}' line followed by one "
+                         f"'{end}'; add them where the tables should go")
+    md = "\n".join("#" + line if line.startswith("#") else line for line in md.splitlines())
+    page.write_text(head + sep + md + "\n" + sep2 + tail)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("inputs", type=pathlib.Path, nargs="+",
@@ -248,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--method", default="hard_disp",
                     help="the rows the targets are checked for, comma-separated")
     ap.add_argument("--out", type=pathlib.Path, help="also write the Markdown here")
+    ap.add_argument("--into", metavar="PAGE:MARKER",
+                    help="also put the Markdown between <!-- MARKER:begin --> and "
+                         "<!-- MARKER:end --> of PAGE (headings one level down)")
     args = ap.parse_args(argv)
+    if args.into and ":" not in args.into:
+        ap.error(f"--into={args.into}: expected PAGE:MARKER, e.g. docs/RESULTS.md:paper_tables")
     agg = load_table(args.inputs)
     parts = [tables_markdown(agg), shape_markdown(agg)]
     parts += [targets_markdown(agg, m) for m in args.method.split(",") if m]
@@ -256,6 +283,9 @@ def main(argv: list[str] | None = None) -> int:
     print(md, end="")
     if args.out:
         args.out.write_text(md)
+    if args.into:
+        page, marker = args.into.rsplit(":", 1)
+        fill_block(pathlib.Path(page), marker, md)
     return 0
 
 

@@ -89,3 +89,25 @@ def test_run_folders_are_aggregated_and_unfinished_ones_left_out(tmp_path, capsy
     assert "seed_2: no results.json" in err
     with pytest.raises(SystemExit, match="cannot read the runs"):
         paper_tables.main([str(tmp_path / "nowhere.json"), str(dirs[0])])
+
+
+def test_into_replaces_only_its_block_of_the_page(tmp_path, capsys):
+    d = tmp_path / "hard_disp" / "seed_0"
+    d.mkdir(parents=True)
+    (d / "results.json").write_text(json.dumps({
+        "meta": {"method": "hard_disp", "seed": 0},
+        "original": {"forget_base": {"mAP": 0.9}},
+        "unlearned": {"forget_base": {"mAP": 0.3}}}))
+    page = tmp_path / "RESULTS.md"
+    page.write_text("## 4b\n\n<!-- t:begin -->\nold tables\n<!-- t:end -->\n\nprose after\n")
+    assert paper_tables.main([str(d), f"--into={page}:t"]) == 0
+    printed = capsys.readouterr().out
+    text = page.read_text()
+    assert text.startswith("## 4b\n\n<!-- t:begin -->\n#### Table 1:")  # one level down
+    assert "old tables" not in text and text.endswith("<!-- t:end -->\n\nprose after\n")
+    assert "| Hard Dispersion Loss | 1 | 30.00 +- 0.00 (16.00) |" in text
+    assert printed.startswith("### Table 1:")  # the printed copy keeps its headings
+    paper_tables.main([str(d), f"--into={page}:t"])
+    assert page.read_text() == text  # a second fill changes nothing
+    with pytest.raises(SystemExit, match="needs exactly one '<!-- other:begin -->'"):
+        paper_tables.main([str(d), f"--into={page}:other"])
