@@ -33,15 +33,7 @@ HPARAMS = dict(
     retain_weight=1.0, retain_loss="cosface",  # weight of the retain CosFace term
     contrastive_temperature=0.1,  # softmax temperature
 )
-# Per preset: the shared step budget and P x K batches.
-PRESETS = {
-    "": dict(steps=1000, batch_size=32, images_per_identity=4, retain_batch_size=32),
-    "demo": dict(steps=150, batch_size=32, images_per_identity=4, retain_batch_size=32),
-    "celeba": dict(steps=20, batch_size=30, images_per_identity=3, retain_batch_size=30),
-    "orl": dict(steps=20, batch_size=20, images_per_identity=4, retain_batch_size=20),
-    "celeba_wild": dict(steps=100, batch_size=32, images_per_identity=4, retain_batch_size=32),
-}
 
 
 def get_config(arg: str | None = None):
-    return base.method_config("contrastive", HPARAMS, PRESETS, arg)
+    return base.method_config("contrastive", HPARAMS, arg)

@@ -52,15 +52,12 @@ HPARAMS = dict(
     augmented_views=False, num_views=2, view_positives="identity", view_crop=0.1,
     view_jitter=0.2,
 )
-# Per preset: the learning rate (see above), the shared step budget and P x K batches.
-PRESETS = {
-    "": dict(lr=0.01, steps=1000, batch_size=32, images_per_identity=4, retain_batch_size=32),
-    "demo": dict(lr=0.01, steps=150, batch_size=32, images_per_identity=4, retain_batch_size=32),
-    "celeba": dict(lr=0.05, steps=20, batch_size=30, images_per_identity=3, retain_batch_size=30),
-    "orl": dict(lr=0.05, steps=20, batch_size=20, images_per_identity=4, retain_batch_size=20),
-    "celeba_wild": dict(lr=0.05, steps=100, batch_size=32, images_per_identity=4, retain_batch_size=32),
+# Per preset: the learning rate (see above); steps and batches: config.STEP_BUDGET.
+PER_PRESET = {
+    "": dict(lr=0.01), "demo": dict(lr=0.01),
+    "celeba": dict(lr=0.05), "orl": dict(lr=0.05), "celeba_wild": dict(lr=0.05),
 }
 
 
 def get_config(arg: str | None = None):
-    return base.method_config("hard_disp", HPARAMS, PRESETS, arg)
+    return base.method_config("hard_disp", HPARAMS, arg, PER_PRESET)

@@ -19,8 +19,7 @@ Presets (the config-string argument, ``configs/<method>.py:<preset>``):
 * ``celeba_wild``: the paper's CelebA protocol at its scale (~22 photos per person) with the real
   MobileFaceNet fine-tuned first, CFP-FP / CFP-FF retain protocols (:func:`celeba_wild_overrides`).
 
-Every method in a preset shares one step budget and one batch layout (written in each config's
-``PRESETS``): the paper's 1,000 steps of 32-image batches (P x K = 8 x 4) at paper scale; 150 in
+Every method in a preset shares one step budget and one batch layout (:data:`STEP_BUDGET`): the paper's 1,000 steps of 32-image batches (P x K = 8 x 4) at paper scale; 150 in
 the demo; 20 on the real MobileFaceNet, where the forget set holds 3-5 train images per identity
 and the loss saturates within ~20 steps (configs/hard_disp.py). On the CelebA subset the batches
 are 10 identities x 3 images (it has 3-4 train images per forget identity), on ORL 5 x 4. On
@@ -312,32 +311,45 @@ def base_config(arg: str | None = None) -> ml_collections.ConfigDict:
     return c
 
 
+# Per preset, every method: the step budget and the P x K batches (forget batch of P identities x
+# ``images_per_identity`` images; ``retain_batch_size`` for the methods with a retain term).
+STEP_BUDGET = {
+    "": dict(steps=1000, batch_size=32, images_per_identity=4, retain_batch_size=32),
+    "demo": dict(steps=150, batch_size=32, images_per_identity=4, retain_batch_size=32),
+    "celeba": dict(steps=20, batch_size=30, images_per_identity=3, retain_batch_size=30),
+    "orl": dict(steps=20, batch_size=20, images_per_identity=4, retain_batch_size=20),
+    "celeba_wild": dict(steps=100, batch_size=32, images_per_identity=4, retain_batch_size=32),
+}
+
+
 def method_config(
     name: str,
     hparams: dict[str, object],
-    presets: dict[str, dict[str, object]],
     arg: str | None = None,
+    per_preset: dict[str, dict[str, object]] | None = None,
 ) -> ml_collections.ConfigDict:
-    """A run's config: the preset's shared blocks plus ``method`` = ``name``, ``hparams`` and the
-    preset's entry of ``presets`` (what differs per preset: steps, batches, learning rate...).
+    """A run's config: the preset's shared blocks plus ``method`` = ``name``, ``hparams``, the
+    preset's :data:`STEP_BUDGET` and, if given, the preset's entry of ``per_preset`` (what else
+    differs per preset for this method, e.g. the learning rate; one entry for every preset).
 
     ``method`` holds exactly the fields given (locked configs: only those can be overridden), so a
-    config file writes every field its method reads, including the runner's batch fields
-    (``batch_size``: forget batch of P identities x ``images_per_identity`` images;
-    ``retain_batch_size``; ``salun_batches``: forget batches whose summed gradient ranks the
-    weights for SalUn). ``config_method`` records ``name``: overriding ``method.name`` alone would
-    run another method with these values (e.g. GA at hard dispersion's learning rate), so the
-    runner refuses a ``method.name`` that differs.
+    config file writes every field its method reads besides the budget (``salun_batches``: forget
+    batches whose summed gradient ranks the weights for SalUn). ``config_method`` records
+    ``name``: overriding ``method.name`` alone would run another method with these values (e.g. GA
+    at hard dispersion's learning rate), so the runner refuses a ``method.name`` that differs.
     """
     arg = preset_name(arg)
-    if set(presets) != set(PRESETS):
-        raise ValueError(f"config {name!r}: presets must give {PRESETS}, got {tuple(presets)}")
-    per_preset = presets[arg]
-    both = sorted(set(hparams) & set(per_preset))
-    if both:
-        raise ValueError(f"config {name!r}: {both} set both for every preset and per preset")
+    if per_preset is not None and set(per_preset) != set(PRESETS):
+        raise ValueError(f"config {name!r}: per_preset must give {PRESETS}, got {tuple(per_preset)}")
+    extra = per_preset[arg] if per_preset is not None else {}
+    budget = STEP_BUDGET[arg]
+    for what, keys in (("for every preset and per preset", set(hparams) & set(extra)),
+                       ("by the config and by the shared STEP_BUDGET",
+                        (set(hparams) | set(extra)) & set(budget))):
+        if keys:
+            raise ValueError(f"config {name!r}: {sorted(keys)} set both {what}")
     c = base_config(arg)
-    c.method = ml_collections.ConfigDict(dict(name=name, **hparams, **per_preset))
+    c.method = ml_collections.ConfigDict(dict(name=name, **hparams, **budget, **extra))
     c.config_method = name
     return c
 

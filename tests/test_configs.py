@@ -131,11 +131,13 @@ def test_unknown_preset_is_a_clear_error():
 
 
 def test_method_config_checks_its_tables():
-    presets = {p: {"steps": 1} for p in PRESETS}
-    with pytest.raises(ValueError, match=r"\['steps'\] set both"):
-        config_lib.method_config("ga", {"steps": 2}, presets, "demo")
-    with pytest.raises(ValueError, match="presets must give"):
-        config_lib.method_config("ga", {}, {"": {}}, "")
+    per_preset = {p: {"lr": 1.0} for p in PRESETS}
+    with pytest.raises(ValueError, match=r"\['lr'\] set both for every preset and per preset"):
+        config_lib.method_config("ga", {"lr": 2.0}, "demo", per_preset)
+    with pytest.raises(ValueError, match=r"\['steps'\] set both by the config and by the shared"):
+        config_lib.method_config("ga", {"steps": 2}, "demo")
+    with pytest.raises(ValueError, match="per_preset must give"):
+        config_lib.method_config("ga", {}, "", {"": {}})
 
 
 def test_loading_a_config_does_not_import_jax():
