@@ -19,6 +19,8 @@ Measured (docs/RESULTS.md; forget mAP, and retain mAP change on retain faces no 
 BatchNorm frozen (lr 1e-4) 72.13 / -22.46. No setting reaches hard dispersion's forget mAP; lr 1e-4
 is kept (the three-seed table uses it). :orl, three seeds (section 2b): forget mAP 96.45 +- 2.99
 (Original 99.93), retain -0.5.
+:celeba_wild, three seeds (section 4c): forget mAP 94.77 +- 3.98 (Original 97.57), forget CS 0.472
+(0.623), retain 86.24 (-2.8), CFP-FP mAP -4.8; lr 1e-3 (seed 0, Original 98.85): 89.78 / -5.30.
 """
 
 from jaxforget import config as base

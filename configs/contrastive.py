@@ -18,6 +18,8 @@ Measured (docs/RESULTS.md; forget mAP, and retain mAP change on retain faces no 
 90.56 / -1.65, 1e-2 79.52 / -11.18. No setting reaches hard dispersion's forget mAP; lr 1e-3 is
 kept (the three-seed table uses it). :orl, three seeds (section 2b): forget mAP 97.69 +- 0.69
 (Original 99.93), retain +1.1.
+:celeba_wild, three seeds (section 4c): forget mAP 92.75 +- 3.49 (Original 97.57), forget CS 0.378
+(0.623), retain 88.44 (-0.6), CFP-FP mAP -1.4; lr 1e-2 (seed 0, Original 98.85): 77.95 / -6.03.
 """
 
 from jaxforget import config as base

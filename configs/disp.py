@@ -8,6 +8,8 @@ Measured (docs/RESULTS.md; forget mAP, and retain mAP change on retain faces no 
 :celeba, three seeds (section 3): forget mAP 71.71 +- 0.31 (Original 94.38), forget CS 0.272
 (0.515), retain 80.38 (-7.9). :orl, three seeds (section 2b): forget mAP 73.78 +- 12.20 (Original
 99.93), forget CS 0.275 (0.708), retain -2.3.
+:celeba_wild, three seeds (section 4b): forget mAP 37.98 +- 1.40 (Original 97.57), forget CS 0.107
+(0.623), retain 83.53 (-5.5), CFP-FP mAP -7.4.
 """
 
 from jaxforget import config as base

@@ -34,6 +34,9 @@ Measured (docs/RESULTS.md; forget mAP, and retain mAP change on retain faces no 
 :celeba, three seeds (section 3): forget mAP 71.65 +- 1.11 (Original 94.38), forget CS 0.272
 (0.515), retain 80.22 (-8.1). :orl, three seeds (section 2b): forget mAP 70.22 +- 8.45 (Original
 99.93), forget CS 0.274 (0.708), retain -1.6.
+:celeba_wild, three seeds (section 4b): forget mAP 36.02 +- 1.20 (Original 97.57), forget CS 0.104
+(0.623), retain 82.13 (-6.9), CFP-FP mAP -9.0; on the output layer only (section 4d) 30.72 +- 2.48
+for retain -1.4.
 """
 
 from jaxforget import config as base

@@ -17,6 +17,8 @@ Measured (docs/RESULTS.md; forget mAP, and retain mAP change on retain faces no 
 85.96 / -7.50, 1e-2 81.36 / -22.35. No setting reaches hard dispersion's forget mAP; lr 1e-3 is
 kept (the three-seed table uses it). :orl, three seeds (section 2b): forget mAP 96.22 +- 1.79
 (Original 99.93), retain +0.4.
+:celeba_wild, three seeds (section 4c): forget mAP 92.42 +- 5.43 (Original 97.57), forget CS 0.502
+(0.623), retain 87.36 (-1.7), CFP-FP mAP -3.6; lr 1e-2 (seed 0, Original 98.85): 93.97 / -13.24.
 """
 
 from jaxforget import config as base
