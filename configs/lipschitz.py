@@ -19,6 +19,8 @@ Measured (docs/RESULTS.md; forget mAP, and retain mAP change on retain faces no 
 sweep, seed 0 (section 3c; Original 92.22): lr 1e-3 93.28 / -0.80, 1e-2 84.36 / -6.54. No setting
 reaches hard dispersion's forget mAP; lr 1e-3 is kept (the three-seed table uses it). :orl, three
 seeds (section 2b): forget mAP 100.00 +- 0.00 (Original 99.93), retain +1.0.
+:celeba_wild, three seeds (section 4c): forget mAP 97.26 +- 2.58 (Original 97.57), forget CS 0.561
+(0.623), retain 88.69 (-0.3), CFP-FP mAP -0.6; lr 1e-2 (seed 0, Original 98.85): 96.48 / -3.37.
 """
 
 from jaxforget import config as base
