@@ -19,8 +19,9 @@ Presets (the config-string argument, ``configs/<method>.py:<preset>``):
 * ``celeba_wild``: the paper's CelebA protocol at its scale (~22 photos per person) with the real
   MobileFaceNet fine-tuned first, CFP-FP / CFP-FF retain protocols (:func:`celeba_wild_overrides`).
 
-Every method in a preset shares one step budget and one batch layout (:data:`STEP_BUDGET`): the paper's 1,000 steps of 32-image batches (P x K = 8 x 4) at paper scale; 150 in
-the demo; 20 on the real MobileFaceNet, where the forget set holds 3-5 train images per identity
+Every method in a preset shares one step budget and one batch layout (:data:`STEP_BUDGET`): the
+paper's 1,000 steps of 32-image batches (P x K = 8 x 4) at paper scale; 150 in the demo; 20 on
+the real MobileFaceNet, where the forget set holds 3-5 train images per identity
 and the loss saturates within ~20 steps (configs/hard_disp.py). On the CelebA subset the batches
 are 10 identities x 3 images (it has 3-4 train images per forget identity), on ORL 5 x 4. On
 CelebA-wild (about 11 train photos per forget person) 8 x 4 and 100 steps.
