@@ -1,4 +1,4 @@
-"""Flax IResNet / MobileFaceNet variables as an ONNX model that InsightFace's own loader runs.
+"""Flax IResNet / MobileFaceNet / mbf variables as an ONNX model that InsightFace's own loader runs.
 
 :func:`onnx_model` writes the layers as ``Conv``, ``BatchNormalization``, ``PRelu``, ``Add``,
 ``Flatten`` and ``Gemm`` nodes in PyTorch's forward order, with the InsightFace state_dict's
@@ -27,6 +27,7 @@ import numpy as np
 from jaxforget.io import onnx_format
 from jaxforget.io.onnx_format import GraphWriter
 from jaxforget.models.layers import BN_EPSILON
+from jaxforget.models.mbf import MBF_LAYERS
 from jaxforget.models.mobilefacenet import MOBILEFACENET_SETTING
 from jaxforget.models.onnx_layout import ONNX_INPUT, ONNX_OUTPUT, ONNX_PIXEL_MEAN, ONNX_PIXEL_STD
 from jaxforget.models.registry import FAMILIES, ModelBundle, family_of, module_order
@@ -95,10 +96,48 @@ def _write_mobilefacenet(g: GraphWriter, sd: Mapping[str, np.ndarray], bundle: M
     return g.node("Flatten", [_conv_block(g, x, sd, "linear1")], "flatten", axis=1)
 
 
+def _mbf_block(g: GraphWriter, x: str, c_in: int, sd: Mapping[str, np.ndarray], prefix: str,
+               stride: int = 1) -> tuple[str, int]:
+    """An arcface_torch ConvBlock / LinearBlock (``layers.0`` conv, ``.1`` bn, ``.2`` prelu when
+    present) on a ``c_in``-channel input; returns the output and its channels."""
+    w = sd[f"{prefix}.layers.0.weight"]
+    y = _bn(g, _conv(g, x, sd, f"{prefix}.layers.0", stride, c_in // w.shape[1]), sd, f"{prefix}.layers.1")
+    if f"{prefix}.layers.2.weight" in sd:
+        y = _prelu(g, y, sd, f"{prefix}.layers.2")
+    return y, int(w.shape[0])
+
+
+def _mbf_depthwise(g: GraphWriter, x: str, c: int, sd: Mapping[str, np.ndarray], prefix: str, stride: int,
+                   residual: bool) -> tuple[str, int]:
+    y, h = _mbf_block(g, x, c, sd, f"{prefix}.layers.0")
+    y, h = _mbf_block(g, y, h, sd, f"{prefix}.layers.1", stride)
+    y, out = _mbf_block(g, y, h, sd, f"{prefix}.layers.2")
+    return (g.node("Add", [x, y], f"{prefix}.add"), out) if residual else (y, out)
+
+
+def _write_mbf(g: GraphWriter, sd: Mapping[str, np.ndarray], bundle: ModelBundle, x: str) -> str:
+    x, c = _mbf_block(g, x, 3, sd, "layers.0", 2)
+    for i, (kind, _, _, blocks) in enumerate(MBF_LAYERS, start=1):
+        if kind == "conv":
+            x, c = _mbf_block(g, x, c, sd, f"layers.{i}")
+        elif kind == "down":
+            x, c = _mbf_depthwise(g, x, c, sd, f"layers.{i}", 2, False)
+        else:
+            for k in range(blocks):
+                x, c = _mbf_depthwise(g, x, c, sd, f"layers.{i}.layers.{k}", 1, True)
+    x, c = _mbf_block(g, x, c, sd, "conv_sep")
+    x, c = _mbf_block(g, x, c, sd, "conv_reduce")
+    x = g.node("Flatten", [x], "flatten", axis=1)
+    x = g.node("Gemm", [x, g.constant("fc.weight", sd["fc.weight"]), g.constant("fc.bias", sd["fc.bias"])],
+               "fc.gemm", transB=1)
+    return _bn(g, x, sd, "features")
+
+
 #: One graph builder per family of :data:`jaxforget.models.registry.FAMILIES` (same keys).
 ONNX_WRITERS: dict[str, Callable[[GraphWriter, Mapping[str, np.ndarray], ModelBundle, str], str]] = {
     "iresnet": _write_iresnet,
     "mobilefacenet": _write_mobilefacenet,
+    "mbf": _write_mbf,
 }
 
 
