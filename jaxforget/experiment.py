@@ -397,15 +397,17 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     }
     # The model first: a later failure (the t-SNE figure, say) must not lose it.
     out_dir = workdir / "unlearned_model"
+    io = loading.onnx_io(cfg.model.init)  # an ONNX model in keeps its input / output names out
     checkpoint.save_variables(
         out_dir,
         variables1,
-        {"model": bundle.config(), "method": m.name, "forgotten": meta["forget_identities"]},
+        {"model": bundle.config(), "method": m.name, "forgotten": meta["forget_identities"],
+         **({"onnx_io": io} if io else {})},
     )
     if cfg.export_torch and shd.is_primary():
         loading.save_torch_backbone(bundle, variables1, workdir / "unlearned_backbone.pth")
     if cfg.get("export_onnx") and shd.is_primary():
-        onnx_export.save_onnx_backbone(bundle, variables1, workdir / "unlearned_backbone.onnx")
+        onnx_export.save_onnx_backbone(bundle, variables1, workdir / "unlearned_backbone.onnx", **io)
     results["meta"] = meta
     if not shd.is_primary():
         return results

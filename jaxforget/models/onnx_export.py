@@ -5,7 +5,9 @@
 names for the initializers (:func:`jaxforget.models.torch_layout.flax_to_torch`). Nothing is
 folded, so reading the file back (:mod:`jaxforget.models.onnx_layout`) gives the same variables.
 Opset 11 (arcface_torch's), input ``data`` float32 NCHW ``(batch, 3, H, W)`` with a dynamic batch,
-output ``embedding`` (unnormalised, like the Flax model's).
+output ``embedding`` (unnormalised, like the Flax model's). A model that came from an ONNX file
+is written with that file's input and output names instead (:func:`io_names`: ``input.1`` and
+``516`` for InsightFace's ``w600k_mbf.onnx``), so it replaces the file in a deployed system.
 
 The input is normalised as InsightFace's ``ArcFaceONNX`` does for arcface_torch models: RGB,
 ``(pixel - 127.5) / 127.5`` (``onnx_layout.ONNX_PIXEL_MEAN`` / ``ONNX_PIXEL_STD``; :func:`insightface_blob`).
@@ -141,7 +143,15 @@ ONNX_WRITERS: dict[str, Callable[[GraphWriter, Mapping[str, np.ndarray], ModelBu
 }
 
 
-def onnx_model(bundle: ModelBundle, variables: Mapping[str, Any]) -> Any:
+def io_names(path: str | os.PathLike) -> dict[str, str]:
+    """``{'input_name', 'output_name'}`` of the ONNX file ``path`` (a recognition model has one
+    of each), for :func:`onnx_model` to write a drop-in replacement of it."""
+    graph = onnx_format.read_onnx(path)
+    return {"input_name": graph.inputs[0].name, "output_name": graph.outputs[0].name}
+
+
+def onnx_model(bundle: ModelBundle, variables: Mapping[str, Any], input_name: str = ONNX_INPUT,
+               output_name: str = ONNX_OUTPUT) -> Any:
     """The bundle's variables as an ONNX ``ModelProto`` (see the module docstring)."""
     sd = flax_to_torch(variables, bundle.fixed_parameters(), module_order(bundle))
     stem = next(k for k, v in sd.items() if k.endswith(".weight") and np.ndim(v) == 4)
@@ -149,15 +159,17 @@ def onnx_model(bundle: ModelBundle, variables: Mapping[str, Any]) -> Any:
     if scale != 1.0:
         sd[stem] = (sd[stem].astype(np.float64) * scale).astype(np.float32)
     g = GraphWriter(bundle.name)
-    out = ONNX_WRITERS[family_of(bundle.name).name](g, sd, bundle, ONNX_INPUT)
-    out = g.node("Identity", [out], ONNX_OUTPUT)
+    out = ONNX_WRITERS[family_of(bundle.name).name](g, sd, bundle, input_name)
+    out = g.node("Identity", [out], output_name)
     h, w = bundle.input_size
-    return g.model([(ONNX_INPUT, ["batch", 3, h, w])], [(out, ["batch", bundle.embedding_size])])
+    return g.model([(input_name, ["batch", 3, h, w])], [(out, ["batch", bundle.embedding_size])])
 
 
-def save_onnx_backbone(bundle: ModelBundle, variables: Mapping[str, Any], path: str | os.PathLike) -> pathlib.Path:
-    """Writes :func:`onnx_model` to ``path`` (atomically); returns the path."""
-    return onnx_format.save_onnx(onnx_model(bundle, variables), path)
+def save_onnx_backbone(bundle: ModelBundle, variables: Mapping[str, Any], path: str | os.PathLike,
+                       **names: str) -> pathlib.Path:
+    """Writes :func:`onnx_model` (with ``input_name`` / ``output_name`` when given) to ``path``
+    (atomically); returns the path."""
+    return onnx_format.save_onnx(onnx_model(bundle, variables, **names), path)
 
 
 def insightface_blob(images: np.ndarray) -> np.ndarray:
