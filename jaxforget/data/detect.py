@@ -326,7 +326,9 @@ class ScrfdDetector:
         if any(f.chip is None for f in faces):
             raise ValueError("descriptors need faces detected with chips=True")
         x = (np.stack([f.chip for f in faces]).astype(np.float32) - 127.5) / 127.5
-        emb = self._rec.run(None, {self._rec.get_inputs()[0].name: np.ascontiguousarray(x.transpose(0, 3, 1, 2))})[0]
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        name = self._rec.get_inputs()[0].name  # one face a run: the zoo's graphs declare a batch of 1
+        emb = np.concatenate([self._rec.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
         emb = np.asarray(emb, np.float64).reshape(len(faces), -1)
         return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
 
