@@ -67,6 +67,20 @@ def keypoint_errors(marks: Mapping[str, np.ndarray], reference: Mapping[str, np.
     return out
 
 
+def face_frame_offsets(marks: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> np.ndarray:
+    """``(n, 5, 2)`` offsets of the points from the reference's, in inter-ocular distances along
+    (x) and across (y) the reference's eye line: a detector's habit (e.g. eyes placed higher)
+    shows as a mean offset, its noise as the spread around it."""
+    out = []
+    for key in sorted(set(marks) & set(reference)):
+        ref = np.asarray(reference[key], np.float64)
+        axis = ref[1] - ref[0]
+        iod = float(np.linalg.norm(axis))
+        c, s = axis / iod
+        out.append((np.asarray(marks[key]) - ref) @ np.array([[c, -s], [s, c]]) / iod)
+    return np.asarray(out).reshape(-1, 5, 2)
+
+
 def load_crops(folder: pathlib.Path, keys: Sequence[str]) -> np.ndarray:
     """``uint8 (n, H, W, 3)`` crops ``folder/<key>``."""
     return np.stack([np.asarray(Image.open(folder / k).convert("RGB")) for k in keys])
@@ -132,6 +146,8 @@ def compare(out: pathlib.Path, raw: pathlib.Path, reference: pathlib.Path, model
     errors = keypoint_errors(align_photos.read_landmarks(out / align_photos.LANDMARKS_FILE), ref_marks)
     keys = sorted(errors)
     e = np.array([errors[k] for k in keys])
+    offsets = face_frame_offsets(align_photos.read_landmarks(out / align_photos.LANDMARKS_FILE), ref_marks)
+    habit = offsets.mean(0)
     mine, ref = load_crops(out, keys), load_crops(reference, keys)
     mad = np.abs(mine.astype(np.float64) - ref).mean(axis=(1, 2, 3))
     cos_mfn = (mobilefacenet_embeddings(models["mobilefacenet"], mine)
@@ -146,7 +162,10 @@ def compare(out: pathlib.Path, raw: pathlib.Path, reference: pathlib.Path, model
         "settings": report["settings"], "found": c["found"] + c["several"], "several": c["several"],
         "images": c["images"], "compared": len(keys),
         "keypoint_error": {**summary(e, "max"), f"beyond_{WRONG_FACE}": int((e > WRONG_FACE).sum()),
-                           "worst": keys[int(e.argmax())]},
+                           "worst": keys[int(e.argmax())],
+                           "mean_offset_per_point": habit.round(4).tolist(),
+                           "mean_without_the_offsets": float(np.linalg.norm(offsets - habit, axis=2).mean())},
+        "reference_iod_px_median": float(np.median([np.linalg.norm(ref_marks[k][0] - ref_marks[k][1]) for k in keys])),
         "pixel_mad": summary(mad, "max"),
         "cosine_mobilefacenet": summary(cos_mfn, "min"),
         "cosine_w600k_mbf": summary(cos_w600k, "min"),

@@ -11,6 +11,13 @@ def test_keypoint_error_is_mean_point_distance_over_the_inter_ocular_distance():
     assert study.keypoint_errors(mine, ref) == {"a/1.jpg": 0.1}
 
 
+def test_face_frame_offsets_follow_the_eye_line():
+    ref = {"a": np.array([[0.0, 0], [0, 10], [5, 5], [8, 2], [8, 8]])}  # eyes along +y: the face turned 90 degrees
+    mine = {"a": ref["a"] + [[0, 1], [-1, 0], [0, 0], [0, 0], [0, 0]]}
+    off = study.face_frame_offsets(mine, ref)
+    np.testing.assert_allclose(off[0, :2], [[0.1, 0], [0, 0.1]], atol=1e-12)  # along, then across the eye line
+
+
 def test_summary_and_table():
     s = study.summary(np.array([1.0, 2.0, 6.0]), "max")
     assert s == {"mean": 3.0, "median": 2.0, "max": 6.0} and all(type(v) is float for v in s.values())

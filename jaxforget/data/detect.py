@@ -43,7 +43,7 @@ import numpy as np
 from PIL import Image
 
 from jaxforget.data import scrfd
-from jaxforget.data.align import crop_face, template_for
+from jaxforget.data.align import crop_face
 from jaxforget.io.onnx_format import OnnxUnavailableError, onnx_session
 
 #: Name of the pyproject extra that installs the detector.
@@ -279,6 +279,7 @@ class ScrfdDetector:
         if int(detect_size) < 32 or int(detect_size) % 32:
             raise ValueError(f"SCRFD's detect_size must be a multiple of 32 (640 by default); got {detect_size}")
         self.detect_size, self.score_threshold, self.nms_threshold = int(detect_size), float(score_threshold), float(nms_threshold)
+        self.model_path = pathlib.Path(model)
         self._det, self._det_sha = _session("model", model, self._WHAT["model"])
         self._det_input = self._det.get_inputs()[0].name
         outputs = self._det.get_outputs()
@@ -312,7 +313,7 @@ class ScrfdDetector:
             boxes, scores, points = scrfd.decode(outputs, self.detect_size, det_scale, self.score_threshold,
                                                  self.nms_threshold)
         except ValueError as e:
-            raise DetectorFileError("model", f"the detector's outputs: {e}") from None
+            raise DetectorFileError("model", f"{self.model_path}: {e}") from None
         faces = [Face(tuple(float(v) for v in box), pts, self.name,
                       crop_face(pil, pts, self.chip_size) if chips else None, float(score))
                  for box, score, pts in zip(boxes, scores, points)]
