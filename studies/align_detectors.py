@@ -16,9 +16,9 @@ CelebA-wild's ``raw_sample``: 175 photos of six people, ``landmarks_5pt.txt`` an
 * the deployed model's retrieval on the crops: w600k_mbf leave-one-out mAP (each crop queries the
   others of the same detector);
 * seconds per photo of the whole command (loading, detection, descriptors, writing the crops),
-  measured on the first, complete run of each detector: wall clock and the process's CPU time;
-  and the detection alone (``detect`` with the crops the descriptor reads), the detectors taking
-  turns photo by photo.
+  measured on the first, complete run of each detector: wall clock and the process's CPU time
+  (all its threads: onnxruntime's pool counts while it waits for work), with the machine's load
+  average.
 
 Usage, from the repository root::
 
@@ -122,23 +122,6 @@ def align_timed(detector: str, raw: pathlib.Path, out: pathlib.Path) -> dict[str
     return result
 
 
-def detect_times(raw: pathlib.Path, names: Sequence[str]) -> dict[str, dict[str, float]]:
-    """Seconds of ``detect(photo, chips=True)`` per photo for each detector, the detectors taking
-    turns on each photo (so that a busy machine slows them alike): mean and median."""
-    people = align_photos.list_people(raw)
-    keys = [f"{person}/{name}" for person, files in people.items() for name in files]
-    flags = {"dlib": [], "scrfd": ["--detector=scrfd"]}
-    detectors = {n: align_cli.make_detector(align_cli.parse_args([str(raw), "-", *flags[n]])) for n in names}
-    seconds: dict[str, list[float]] = {n: [] for n in names}
-    for key in keys:
-        photo = align_photos.load_photo(raw / key)
-        for n, det in detectors.items():
-            start = time.perf_counter()
-            det.detect(photo, chips=True)
-            seconds[n].append(time.perf_counter() - start)
-    return {n: summary(np.array(v), "max") for n, v in seconds.items()}
-
-
 def compare(out: pathlib.Path, raw: pathlib.Path, reference: pathlib.Path, models: Mapping[str, Any]) -> dict[str, Any]:
     """The numbers of one detector's output folder against the reference."""
     report = workdir.read_json(out / align_photos.REPORT_FILE)
@@ -180,15 +163,14 @@ def summary(values: np.ndarray, extreme: str) -> dict[str, float]:
 
 def table(results: Mapping[str, Mapping[str, Any]]) -> str:
     lines = ["| detector | found | keypoint error / IOD: mean, median, max (> 0.5) | crop MAD (0-255) mean | "
-             "cosine CASIA MobileFaceNet mean, min | cosine w600k_mbf mean, min | w600k_mbf mAP | s / photo wall, CPU | detect s / photo median |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "cosine CASIA MobileFaceNet mean, min | cosine w600k_mbf mean, min | w600k_mbf mAP | s / photo wall, CPU |",
+             "|---|---|---|---|---|---|---|---|"]
     for name, r in results.items():
         k, m, w = r["keypoint_error"], r["cosine_mobilefacenet"], r["cosine_w600k_mbf"]
         lines.append(f"| {name} | {r['found']} / {r['images']} | {k['mean']:.4f}, {k['median']:.4f}, {k['max']:.3f} "
                      f"({k[f'beyond_{WRONG_FACE}']}) | {r['pixel_mad']['mean']:.2f} | {m['mean']:.4f}, {m['min']:.4f} | "
                      f"{w['mean']:.4f}, {w['min']:.4f} | {100 * r['w600k_mbf_leave_one_out']['mAP']:.2f} | "
-                     f"{r['seconds_per_photo']:.3f}, {r['cpu_seconds_per_photo']:.3f} | "
-                     f"{r['detect_seconds']['median']:.3f} |")
+                     f"{r['seconds_per_photo']:.3f}, {r['cpu_seconds_per_photo']:.3f} |")
     return "\n".join(lines)
 
 
@@ -213,8 +195,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = args.workdir / name
             timing = align_timed(name, args.raw, out)  # first: it makes the crops
             results[name] = {**compare(out, args.raw, args.reference, models), **timing}
-        for name, times in detect_times(args.raw, names).items():
-            results[name]["detect_seconds"] = times
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
