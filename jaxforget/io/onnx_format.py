@@ -292,6 +292,19 @@ def save_onnx(model: Any, path: str | os.PathLike) -> pathlib.Path:
     return write_atomic(path, model.SerializeToString())
 
 
+def onnx_session(model: str | os.PathLike | bytes | Any, optimize: bool = True) -> Any:
+    """An onnxruntime CPU session of a model (a path, serialised bytes or a ``ModelProto``), to run
+    it many times; ``optimize`` as in :func:`run_onnx`."""
+    ort = _import("onnxruntime")
+    if not isinstance(model, (bytes, str, os.PathLike)):
+        model = model.SerializeToString()
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
+                                providers=["CPUExecutionProvider"])
+
+
 def run_onnx(model: str | os.PathLike | bytes | Any, inputs: Mapping[str, np.ndarray] | np.ndarray,
              optimize: bool = True, batch_size: int | None = None) -> list[np.ndarray]:
     """Runs a model (a path, serialised bytes or a ``ModelProto``) with onnxruntime on the CPU.
@@ -302,14 +315,7 @@ def run_onnx(model: str | os.PathLike | bytes | Any, inputs: Mapping[str, np.nda
     runs the inputs' leading axis in chunks of that size (1 for a graph exported with its batch
     fixed at 1) and concatenates the outputs.
     """
-    ort = _import("onnxruntime")
-    if not isinstance(model, (bytes, str, os.PathLike)):
-        model = model.SerializeToString()
-    options = ort.SessionOptions()
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                   providers=["CPUExecutionProvider"])
+    session = onnx_session(model, optimize)
     if not isinstance(inputs, Mapping):
         inputs = {session.get_inputs()[0].name: inputs}
     feeds = {k: np.asarray(v) for k, v in inputs.items()}
