@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -171,6 +171,19 @@ class FaceDetector:
             self._rec = self._dlib.face_recognition_model_v1(str(model_dir() / MODEL_FILES["descriptor"]))
         out = self._rec.compute_face_descriptor([np.ascontiguousarray(f.chip) for f in faces])
         return np.asarray([np.asarray(v, np.float64) for v in out])
+
+
+#: Face detectors by name (``python -m jaxforget.reindex --align=<name>``): each makes, with no
+#: argument, an object with :class:`FaceDetector`'s ``detect(image) -> [Face]`` and ``settings``.
+DETECTORS: dict[str, Callable[[], Any]] = {"dlib": FaceDetector}
+
+
+def make_detector(name: str) -> Any:
+    """The detector registered as ``name`` in :data:`DETECTORS`."""
+    if name not in DETECTORS:
+        raise DetectorUnavailableError(f"face detector {name!r} is not in this version of jaxforget; known: "
+                                       f"{', '.join(sorted(DETECTORS))}")
+    return DETECTORS[name]()
 
 
 def choose_face(descriptors: np.ndarray, reference: np.ndarray | None, areas: Sequence[float]) -> tuple[int, float | None]:
