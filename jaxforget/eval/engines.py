@@ -170,7 +170,7 @@ class JaxEngine:
         try:
             bundle, variables = loading.load_pretrained({"init": str(p)})
         except (ValueError, KeyError) as e:  # the layouts' mismatch errors are ValueErrors
-            raise EngineError(f"{p}: the JAX engine cannot load it ({e}); run it with --engine=onnxruntime") from None
+            raise EngineError(f"{e} (the JAX engine cannot load it; run it with --engine=onnxruntime)") from None
         self.info = ModelInfo(str(p), model_kind(p), bundle.name, tuple(bundle.input_size), float(bundle.pixel_mean),
                               float(bundle.pixel_std), int(bundle.embedding_size))
         self.batch_size = int(batch_size)

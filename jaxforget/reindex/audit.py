@@ -52,7 +52,7 @@ def load_out(out: pathlib.Path) -> dict[str, Any]:
     emb, persons, rows = [], [], []
     for k in manifest["shards"]["with_embeddings"]:
         emb.append(np.asarray(np.load(layout.emb(k), mmap_mode="r"), np.float32))
-        meta = read_metadata(layout.meta(k), ["person", "row"] if manifest["gallery"]["has_person"] else ["row"])
+        meta = read_metadata(layout.meta(k), ["person", "row"] if manifest["settings"]["gallery"]["has_person"] else ["row"])
         persons += meta.get("person", [None] * len(meta["row"]))
         rows += meta["row"]
     return {"manifest": manifest, "emb": np.concatenate(emb), "persons": persons,
@@ -98,7 +98,7 @@ def _audit_one(data: Mapping[str, Any], people: Sequence[str]) -> dict[str, Any]
 def audit(out: pathlib.Path, people: Sequence[str], before: pathlib.Path | None = None) -> dict[str, Any]:
     """The audit of ``people`` on ``out`` (and on ``before`` when given)."""
     after = load_out(out)
-    if not after["manifest"]["gallery"]["has_person"]:
+    if not after["manifest"]["settings"]["gallery"]["has_person"]:
         raise UserError(f"the gallery of {out} has no people (photos directly in the folder, a list without a person "
                         "column, or tar shards without .cls): --forget needs ROOT/<person>/<photo>")
     result = {"people": list(people), "after": {"out": str(out), **_audit_one(after, people)}}
