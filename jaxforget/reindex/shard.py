@@ -20,6 +20,8 @@ import collections
 import concurrent.futures
 import dataclasses
 import json
+import os
+import socket
 import threading
 import time
 from typing import Any, Callable, Sequence
@@ -168,6 +170,7 @@ def embed_shard(spec: ShardSpec, task: ShardTask, engine: Any, progress: Callabl
         "skipped": skipped,
         "seconds": round(seconds, 3),
         "engine_seconds": round(engine_s, 3),
+        "worker": f"{socket.gethostname()}:{os.getpid()}",
     }
     workdir.write_json(layout.record(task.k), record)
     return record
