@@ -9,6 +9,7 @@ import pytest
 
 pytest.importorskip("pyarrow")
 
+from jaxforget.errors import UserError  # noqa: E402
 from jaxforget.reindex import index_build  # noqa: E402
 from jaxforget.reindex.layout import Layout, NpyWriter, partial, publish, write_metadata  # noqa: E402
 
@@ -70,7 +71,7 @@ def test_factory_strings_hnsw_and_refusal(tmp_path):
     assert info["factory"] == "HNSW16" and index.ntotal == 100 and 0.5 <= info["recall@10"] <= 1.0
     _, ids = index.search(v[-2:], 1)
     np.testing.assert_array_equal(ids[:, 0], rows[-2:])
-    with pytest.raises(ValueError, match="not a FAISS factory string"):
+    with pytest.raises(UserError, match="not a FAISS factory string"):
         index_build.build(layout, records, 8, spec="IVF8,Bogus")
 
 

@@ -23,6 +23,8 @@ from jaxforget.data.source import DataError
 from jaxforget.errors import UserError
 from jaxforget.eval.engines import EngineError
 from jaxforget.io.onnx_format import OnnxFormatError, OnnxUnavailableError
+from jaxforget.models.loading import ModelConfigError
+from jaxforget.models.torch_layout import CheckpointMismatchError
 from jaxforget.reindex.core import DTYPES, RUNNERS, Options, reindex, summary
 
 
@@ -76,18 +78,19 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, O
     return args, opts
 
 
+#: What a user can fix (a path, a file, a flag): one line, exit status 2; anything else is a bug.
+USER_ERRORS = (UserError, DataError, EngineError, OnnxFormatError, OnnxUnavailableError, DetectorUnavailableError,
+               CheckpointMismatchError, ModelConfigError, FileNotFoundError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args, opts = parse_args(argv)
     try:
         manifest = reindex(args.model, args.gallery, args.out, opts)
-    except (UserError, DataError, EngineError, OnnxFormatError, OnnxUnavailableError, DetectorUnavailableError,
-            FileNotFoundError) as e:
+    except USER_ERRORS as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    except ValueError as e:  # a model the loaders refuse, a factory string FAISS refuses: one line each
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except OSError as e:
+    except OSError as e:  # the file system: a folder that cannot be read or written, a full disk
         print(f"error: {e}; check the folders' permissions and free space", file=sys.stderr)
         return 2
     print(summary(manifest, args.out))

@@ -25,6 +25,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import faiss
 import numpy as np
 
+from jaxforget.errors import UserError
 from jaxforget.eval.index import IndexConfig, build_index, recall_at_k, search
 from jaxforget.reindex.layout import Layout, partial, publish, read_metadata
 
@@ -115,7 +116,7 @@ def build_approximate(path: pathlib.Path, layout: Layout, records: Sequence[Mapp
         index = faiss.index_factory(dim, spec, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
         first = str(e).strip().splitlines()[-1] if str(e).strip() else "not a factory string"
-        raise ValueError(f"--index={spec!r} is not a FAISS factory string FAISS can build ({first}); e.g. "
+        raise UserError(f"--index={spec!r} is not a FAISS factory string FAISS can build ({first}); e.g. "
                          "IVF4096,Flat or HNSW32") from None
     rng = np.random.default_rng(seed)
     order = rng.permutation(n)
