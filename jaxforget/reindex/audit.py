@@ -28,6 +28,8 @@ from jaxforget.eval.metrics import retrieval_metrics, topk_retrieval_metrics
 from jaxforget.reindex.layout import INDEX, MANIFEST, Layout, read_metadata
 
 INDEX_K = 100
+#: Photos of the other people searched as well, for scale.
+OTHERS = 1000
 
 
 def forget_ids(forget: str | None, split: str | None) -> list[str]:
@@ -59,7 +61,15 @@ def load_out(out: pathlib.Path) -> dict[str, Any]:
             "rows": np.asarray(rows, np.int64), "index": out / INDEX}
 
 
-def _audit_one(data: Mapping[str, Any], people: Sequence[str]) -> dict[str, Any]:
+def _ranks(emb: np.ndarray, labels: np.ndarray, rows: np.ndarray, q: np.ndarray) -> tuple[dict, np.ndarray]:
+    """Exact metrics of queries ``q`` (indices) against the whole gallery, and their first ranks."""
+    exact = retrieval_metrics(emb[q], labels[q], emb, labels, rows[q], rows, return_per_query=True)
+    first = exact.pop("per_query_first_rank")
+    exact.pop("per_query_ap")
+    return exact, first
+
+
+def _audit_one(data: Mapping[str, Any], people: Sequence[str], others: int = OTHERS, seed: int = 0) -> dict[str, Any]:
     label_of = {p: i for i, p in enumerate(people)}
     labels = np.asarray([label_of.get(p, -1) for p in data["persons"]], np.int64)
     q = np.flatnonzero(labels >= 0)
@@ -67,9 +77,7 @@ def _audit_one(data: Mapping[str, Any], people: Sequence[str]) -> dict[str, Any]
     if not len(q):
         return {"photos": 0, "people_found": []}
     emb, rows = data["emb"], data["rows"]
-    exact = retrieval_metrics(emb[q], labels[q], emb, labels, rows[q], rows, return_per_query=True)
-    first = exact.pop("per_query_first_rank")
-    exact.pop("per_query_ap")
+    exact, first = _ranks(emb, labels, rows, q)
     evaluated = first > 0
     per_person = {}
     for person in found:
@@ -85,6 +93,13 @@ def _audit_one(data: Mapping[str, Any], people: Sequence[str]) -> dict[str, Any]
                                    "best": int(first[evaluated].min()) if evaluated.any() else None},
         "per_person": per_person,
     }
+    # everyone else, for scale: a sample of the other people's photos searched the same way
+    names = {p: i for i, p in enumerate(sorted({p for p in data["persons"] if p is not None and p not in label_of}))}
+    if names:
+        other_labels = np.asarray([names.get(p, -1) for p in data["persons"]], np.int64)
+        pool = np.flatnonzero(other_labels >= 0)
+        sample = np.sort(np.random.default_rng(seed).choice(pool, min(others, len(pool)), replace=False))
+        out["others"] = {"people": len(names), **_ranks(emb, other_labels, rows, sample)[0]}
     if pathlib.Path(data["index"]).exists():
         index = faiss.read_index(str(data["index"]))
         k = min(INDEX_K, index.ntotal)
@@ -120,16 +135,19 @@ def format_audit(result: Mapping[str, Any]) -> str:
     a = result["after"]
     lines = [f"audit of the forgotten people ({', '.join(result['people'])}): {a['photos']} photos, each searched "
              f"among the gallery's {a['gallery']} (its own photo left out)",
-             f"  {'':<8} {'R@1':>7} {'R@10':>7} {'mAP':>7}  first same-person hit (median / mean rank)"
-             f"   index top-{INDEX_K} R@1"]
+             f"  {'':<8} {'R@1':>7} {'R@10':>7} {'mAP':>7}   {'first same-person hit':>21}   {'R@1 in':>9}   "
+             f"{'others':>7} {'others':>7}",
+             f"  {'':<8} {'':>7} {'':>7} {'':>7}   {'median':>10} {'mean':>10}   {'the index':>9}   "
+             f"{'R@1':>7} {'mAP':>7}"]
     for name in ("before", "after"):
         if name not in result or not result[name]["photos"]:
             continue
         r = result[name]
         e, f = r["exact"], r["first_same_person_rank"]
         idx = _pct(r["index"]["R@1"]) if "index" in r else "-"
-        lines.append(f"  {name:<8} {_pct(e['R@1'])} {_pct(e['R@10'])} {_pct(e['mAP'])}  "
-                     f"{f['median']:>10.0f} / {f['mean']:<8.1f}{'':>24}{idx}")
+        o = r.get("others", {})
+        lines.append(f"  {name:<8} {_pct(e['R@1'])} {_pct(e['R@10'])} {_pct(e['mAP'])}   {f['median']:>10.0f} "
+                     f"{f['mean']:>10.1f}   {idx:>9}   {_pct(o.get('R@1')):>7} {_pct(o.get('mAP')):>7}")
     for person in a["per_person"]:
         row = f"  {person}: after R@1 {_pct(a['per_person'][person]['R@1']).strip()}, median first hit rank " \
               f"{a['per_person'][person]['median_first_rank']:.0f}"
@@ -137,4 +155,7 @@ def format_audit(result: Mapping[str, Any]) -> str:
         if b:
             row += f" (before {_pct(b['R@1']).strip()}, rank {b['median_first_rank']:.0f})"
         lines.append(row)
+    if "others" in a:
+        lines.append(f"  others: {min(OTHERS, a['gallery'] - a['photos'])} photos of the {a['others']['people']} other "
+                     "people, searched the same way")
     return "\n".join(lines)
