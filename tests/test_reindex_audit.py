@@ -55,6 +55,9 @@ def test_audit_after_and_before(tmp_path):
     # the exact index gives the exact ranking's R@1
     assert a["index"]["R@1"] == pytest.approx(a["exact"]["R@1"]) and a["index"]["searched_top"] == 20
     assert set(a["per_person"]) == {"p1", "p3"} and a["per_person"]["p1"]["photos"] == 4
+    # everyone else still finds their own photos (near-duplicates), in both
+    assert a["others"]["people"] == 3 and a["others"]["R@1"] == 1.0 and b["others"]["R@1"] == 1.0
+    assert a["others"]["num_queries"] == 12
     text = format_audit(m["audit"])
     assert "before" in text and "after" in text and "p1: after R@1" in text
 
