@@ -146,6 +146,8 @@ def test_bad_input_is_one_line(tmp_path, model, capsys):
     assert rc == 2 and "not empty" in _error_line(err)
     rc, _, err = _cli(capsys, onnx, gallery, tmp_path / "o5", "--index=IVF8,Bogus")
     assert rc == 2 and "not a FAISS factory string" in _error_line(err)
+    rc, _, err = _cli(capsys, onnx, gallery, tmp_path / "o7", "--shard-size=0", "--workers=0")
+    assert rc == 2 and "--shard-size=0 (must be at least 1); --workers=0" in _error_line(err)
     rc, _, err = _cli(capsys, onnx, gallery, tmp_path / "o6", "--align=nosuch")
     assert rc == 2 and "face detector 'nosuch' is not in this version" in _error_line(err)
 

@@ -20,7 +20,7 @@ from jaxforget.data import detect
 from jaxforget.data.gallery import Gallery, list_gallery
 from jaxforget.errors import UserError
 from jaxforget.eval.embed import Progress
-from jaxforget.eval.engines import ENGINES, default_engine, describe_model, model_kind, model_sha256
+from jaxforget.eval.engines import ENGINES, ModelInfo, default_engine, describe_model, model_kind, model_sha256
 from jaxforget.reindex import audit as audit_lib
 from jaxforget.reindex import index_build
 from jaxforget.reindex.layout import (FORMAT, VERSION, Layout, check_same, finished, read_listing, read_manifest,
@@ -83,8 +83,7 @@ def _digests(gallery: Gallery, shard_size: int) -> list[str]:
     return [gallery.digest(s, s + shard_size) for s in range(0, len(gallery), shard_size)]
 
 
-def _settings(model: pathlib.Path, engine: str, gallery: Gallery, opts: Options) -> dict[str, Any]:
-    info = describe_model(model, engine)
+def _settings(model: pathlib.Path, info: ModelInfo, engine: str, gallery: Gallery, opts: Options) -> dict[str, Any]:
     shards = _digests(gallery, opts.shard_size)
     return {
         "model": {"path": str(model.resolve()), "sha256": model_sha256(model), "kind": model_kind(model),
@@ -145,7 +144,8 @@ def reindex(model: str | os.PathLike, gallery: str | os.PathLike, out: str | os.
     gal = list_gallery(gallery)
     if opts.align:
         detect.make_detector(opts.align)  # an unknown or uninstalled detector fails before any work
-    settings = _settings(model, engine, gal, opts)
+    info = describe_model(model, engine)
+    settings = _settings(model, info, engine, gal, opts)
     num_shards = len(settings["gallery"]["shards"])
     layout = Layout(out, num_shards)
     old = read_manifest(out)
@@ -165,7 +165,6 @@ def reindex(model: str | os.PathLike, gallery: str | os.PathLike, out: str | os.
         print(f"re-indexing {len(gal)} photos of {gal.spec} with {model} ({engine}) into {out}: {num_shards} shards, "
               f"{len(records)} already done", file=sys.stderr, flush=True)
     bar = Progress("reindex", total=remaining, every_s=2.0) if opts.progress and todo else None
-    info = describe_model(model, engine)
     spec = ShardSpec(str(out), num_shards, tuple(info.input_size), opts.dtype, opts.align, gal.has_person,
                      opts.batch_size, opts.decode_threads or min(4, os.cpu_count() or 1))
     engine_spec = EngineSpec(str(model.resolve()), engine, opts.batch_size,
