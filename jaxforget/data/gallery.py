@@ -74,8 +74,11 @@ class Item:
 
 @dataclasses.dataclass
 class Gallery:
-    """Every photo of a gallery, stored column-wise (a million photos cost tens of MB, not GBs).
+    """Every photo of a gallery, stored column-wise and without repeats (a person's name is one
+    string, a file's path is not stored twice): a million photos cost tens of MB.
 
+    A photo's file is ``root/path`` (folder, list: an absolute listed path stays itself), or for
+    ``webdataset`` the tar ``shards[shard_index[row]]`` from byte ``offsets[row]``.
     ``listing_skips``: ``(path, reason, message)`` of entries dropped while listing (a list's
     repeated paths).
     """
@@ -85,10 +88,10 @@ class Gallery:
     root: str
     paths: list[str]
     persons: list[str | None]
-    sources: list[str]  # folder/list: one per photo; webdataset: one per tar shard
-    source_index: np.ndarray  # (N,) int32 index into ``sources``
-    offsets: np.ndarray  # (N,) int64, -1 outside tars
     sizes: np.ndarray  # (N,) int64, -1 when missing
+    shards: list[str] = dataclasses.field(default_factory=list)
+    shard_index: np.ndarray | None = None  # (N,) int32 into ``shards`` (webdataset only)
+    offsets: np.ndarray | None = None  # (N,) int64 (webdataset only)
     listing_skips: list[tuple[str, str, str]] = dataclasses.field(default_factory=list)
 
     def __len__(self) -> int:
@@ -99,8 +102,11 @@ class Gallery:
         return any(p is not None for p in self.persons)
 
     def item(self, row: int) -> Item:
-        return Item(row, self.paths[row], self.persons[row], self.sources[int(self.source_index[row])],
-                    int(self.offsets[row]), int(self.sizes[row]))
+        if self.shard_index is not None and self.offsets is not None:
+            return Item(row, self.paths[row], self.persons[row], self.shards[int(self.shard_index[row])],
+                        int(self.offsets[row]), int(self.sizes[row]))
+        return Item(row, self.paths[row], self.persons[row], os.path.join(self.root, self.paths[row]), -1,
+                    int(self.sizes[row]))
 
     def items(self, start: int = 0, stop: int | None = None) -> list[Item]:
         return [self.item(r) for r in range(start, len(self) if stop is None else min(stop, len(self)))]
@@ -118,25 +124,37 @@ def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS)
 
 
-def _columns(spec: str, layout: str, root: str, rows: Sequence[tuple[str, str | None, str, int, int]],
-             sources: list[str] | None = None, skips: list | None = None) -> Gallery:
-    """A :class:`Gallery` from ``(path, person, source, offset, size)`` rows, sorted by path."""
-    rows = sorted(rows, key=lambda r: r[0])
-    if not rows:
-        raise EmptyDatasetError(f"gallery {spec} has no images ({_EXPECTED[layout]})")
-    persons: dict[str, str] = {}  # one str object per person
-    if sources is None:
-        sources = [r[2] for r in rows]
-        index = np.arange(len(rows), dtype=np.int32)
-    else:
-        where = {s: i for i, s in enumerate(sources)}
-        index = np.asarray([where[r[2]] for r in rows], np.int32)
-    return Gallery(
-        spec=spec, layout=layout, root=root, paths=[r[0] for r in rows],
-        persons=[None if r[1] is None else persons.setdefault(r[1], r[1]) for r in rows],
-        sources=sources, source_index=index,
-        offsets=np.asarray([r[3] for r in rows], np.int64), sizes=np.asarray([r[4] for r in rows], np.int64),
-        listing_skips=skips or [])
+class _Columns:
+    """Collects a listing column by column, then sorts it by path (:meth:`gallery`)."""
+
+    def __init__(self) -> None:
+        self.paths: list[str] = []
+        self.persons: list[str | None] = []
+        self.sizes: list[int] = []
+        self.shard_index: list[int] = []
+        self.offsets: list[int] = []
+        self._names: dict[str, str] = {}
+
+    def add(self, path: str, person: str | None, size: int, shard: int = -1, offset: int = -1) -> None:
+        self.paths.append(path)
+        self.persons.append(None if person is None else self._names.setdefault(person, person))
+        self.sizes.append(size)
+        if shard >= 0:
+            self.shard_index.append(shard)
+            self.offsets.append(offset)
+
+    def gallery(self, spec: str, layout: str, root: str, shards: list[str] | None = None,
+                skips: list | None = None) -> Gallery:
+        if not self.paths:
+            raise EmptyDatasetError(f"gallery {spec} has no images ({_EXPECTED[layout]})")
+        order = np.asarray(sorted(range(len(self.paths)), key=self.paths.__getitem__), np.int64)
+        tars = bool(shards)
+        return Gallery(
+            spec=spec, layout=layout, root=root, paths=[self.paths[i] for i in order],
+            persons=[self.persons[i] for i in order], sizes=np.asarray(self.sizes, np.int64)[order],
+            shards=list(shards or []),
+            shard_index=np.asarray(self.shard_index, np.int32)[order] if tars else None,
+            offsets=np.asarray(self.offsets, np.int64)[order] if tars else None, listing_skips=skips or [])
 
 
 _EXPECTED = {
@@ -147,22 +165,20 @@ _EXPECTED = {
 
 
 def _list_folder(spec: str, root: pathlib.Path) -> Gallery:
-    rows = []
+    cols = _Columns()
     for dirpath, dirnames, filenames in os.walk(root):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        rel_dir = os.path.relpath(dirpath, root)
+        rel_dir = pathlib.PurePath(os.path.relpath(dirpath, root)).as_posix()
         top = rel_dir == "."
         for name in filenames:
             if name.startswith(".") or (top and not _is_image_name(name)):
                 continue
-            full = os.path.join(dirpath, name)
             try:
-                size = os.stat(full).st_size
+                size = os.stat(os.path.join(dirpath, name)).st_size
             except OSError:
                 size = -1
-            rel = name if top else f"{pathlib.PurePath(rel_dir).as_posix()}/{name}"
-            rows.append((rel, None if top else rel.split("/", 1)[0], full, -1, size))
-    return _columns(spec, "folder", str(root), rows)
+            cols.add(name if top else f"{rel_dir}/{name}", None if top else rel_dir.split("/", 1)[0], size)
+    return cols.gallery(spec, "folder", str(root))
 
 
 def _list_file(spec: str, path: pathlib.Path) -> Gallery:
@@ -172,7 +188,7 @@ def _list_file(spec: str, path: pathlib.Path) -> Gallery:
         raise GalleryError(f"gallery list {path} is not UTF-8 text; give a folder, a text file of image paths "
                            "or tar shards") from None
     base = path.parent
-    rows, seen, skips = [], set(), []
+    cols, seen, skips = _Columns(), set(), []
     for line in text.splitlines():
         if not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -182,13 +198,12 @@ def _list_file(spec: str, path: pathlib.Path) -> Gallery:
             skips.append((name, "duplicate", "listed more than once; embedded once"))
             continue
         seen.add(name)
-        full = name if os.path.isabs(name) else str(base / name)
         try:
-            size = os.stat(full).st_size
+            size = os.stat(os.path.join(base, name)).st_size
         except OSError:
             size = -1
-        rows.append((name, person, full, -1, size))
-    return _columns(spec, "list", str(base), rows, skips=skips)
+        cols.add(name, person, size)
+    return cols.gallery(spec, "list", str(base), skips=skips)
 
 
 def expand_braces(pattern: str) -> list[str]:
@@ -241,8 +256,8 @@ def _list_tars(spec: str) -> Gallery:
         raise GalleryError(f"gallery pattern {spec} matches no tar shard")
     shards = sorted(shards)
     root = _pattern_root(spec)
-    rows = []
-    for shard in shards:
+    cols = _Columns()
+    for number, shard in enumerate(shards):
         shard_name = os.path.relpath(shard, root).replace(os.sep, "/")
         by_key: dict[str, dict[str, tarfile.TarInfo]] = {}
         for m in _tar_members(shard):
@@ -260,8 +275,8 @@ def _list_tars(spec: str) -> Gallery:
             if "cls" in members:
                 cls = members["cls"]
                 person = _read_member(shard, cls.offset_data, cls.size).decode("utf-8", "replace").strip() or None
-            rows.append((f"{shard_name}/{image.name}", person, shard, image.offset_data, image.size))
-    return _columns(spec, "webdataset", root, rows, sources=shards)
+            cols.add(f"{shard_name}/{image.name}", person, image.size, number, image.offset_data)
+    return cols.gallery(spec, "webdataset", root, shards=shards)
 
 
 

@@ -23,6 +23,7 @@ batch by batch (:class:`NpyWriter`), so memory does not grow with the shard.
 
 from __future__ import annotations
 
+import json
 import os
 import pathlib
 from typing import Any, Mapping, Sequence
@@ -172,16 +173,19 @@ def metadata_rows(path: pathlib.Path) -> int:
 
 
 def write_listing(path: pathlib.Path, gallery: Gallery, shard_size: int) -> None:
-    """The gallery's photos as a parquet table, one row group per shard (:func:`read_listing_shard`)."""
+    """The gallery's photos as a parquet table, one row group per shard (:func:`read_listing_shard`);
+    the root and the tar shards are in the schema's metadata."""
     pa, pq = pyarrow_modules()
+    n = len(gallery)
+    none = np.full(n, -1)
     table = pa.table({
-        "row": pa.array(range(len(gallery)), pa.int64()),
+        "row": pa.array(np.arange(n), pa.int64()),
         "path": pa.array(gallery.paths, pa.string()),
         "person": pa.array(gallery.persons, pa.string()),
-        "source": pa.array([gallery.sources[int(i)] for i in gallery.source_index], pa.string()),
-        "offset": pa.array(gallery.offsets, pa.int64()),
         "size": pa.array(gallery.sizes, pa.int64()),
-    })
+        "shard": pa.array(none if gallery.shard_index is None else gallery.shard_index, pa.int32()),
+        "offset": pa.array(none if gallery.offsets is None else gallery.offsets, pa.int64()),
+    }).replace_schema_metadata({"root": gallery.root, "shards": json.dumps(gallery.shards)})
     tmp = partial(path)
     tmp.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, tmp, row_group_size=int(shard_size))
@@ -196,9 +200,12 @@ def read_listing(path: pathlib.Path, columns: Sequence[str] = ("path", "person",
 def read_listing_shard(path: pathlib.Path, k: int) -> list[Item]:
     """The photos of shard ``k`` from a listing written by :func:`write_listing`."""
     _, pq = pyarrow_modules()
-    cols = pq.ParquetFile(path).read_row_group(int(k)).to_pydict()
-    return [Item(*values) for values in zip(cols["row"], cols["path"], cols["person"], cols["source"], cols["offset"],
-                                            cols["size"])]
+    f = pq.ParquetFile(path)
+    meta = f.schema_arrow.metadata
+    root, shards = meta[b"root"].decode(), json.loads(meta[b"shards"])
+    c = f.read_row_group(int(k)).to_pydict()
+    return [Item(r, p, who, shards[s] if s >= 0 else os.path.join(root, p), o, n)
+            for r, p, who, n, s, o in zip(c["row"], c["path"], c["person"], c["size"], c["shard"], c["offset"])]
 
 
 # --------------------------------------------------------------------------------------------
