@@ -49,12 +49,14 @@ def load_out(out: pathlib.Path) -> dict[str, Any]:
     except (OSError, ValueError):
         raise UserError(f"{out} holds no readable {MANIFEST}; give an OUT written by jaxforget.reindex") from None
     if manifest.get("status") != "complete":
-        raise UserError(f"{out} is not a finished re-index (status {manifest.get('status')!r}); run it to the end first")
+        raise UserError(f"{out} is not a finished re-index (status {manifest.get('status')!r}); run it to the "
+                        "end first")
     layout = Layout(out, manifest["shards"]["total"])
     emb, persons, rows = [], [], []
+    columns = ["person", "row"] if manifest["settings"]["gallery"]["has_person"] else ["row"]
     for k in manifest["shards"]["with_embeddings"]:
         emb.append(np.asarray(np.load(layout.emb(k), mmap_mode="r"), np.float32))
-        meta = read_metadata(layout.meta(k), ["person", "row"] if manifest["settings"]["gallery"]["has_person"] else ["row"])
+        meta = read_metadata(layout.meta(k), columns)
         persons += meta.get("person", [None] * len(meta["row"]))
         rows += meta["row"]
     return {"manifest": manifest, "emb": np.concatenate(emb), "persons": persons,

@@ -175,8 +175,10 @@ def reindex(model: str | os.PathLike, gallery: str | os.PathLike, out: str | os.
         new = run_ray(spec, todo, engine_spec, layout.listing, address=opts.ray_address, workers=opts.workers,
                       cpus_per_worker=opts.cpus_per_worker, gpus_per_worker=opts.gpus_per_worker,
                       progress=bar.update if bar else None)
+    elif todo:
+        new = run_local(spec, _tasks(gal, todo, opts.shard_size), engine_spec, bar.update if bar else None)
     else:
-        new = run_local(spec, _tasks(gal, todo, opts.shard_size), engine_spec, bar.update if bar else None) if todo else []
+        new = iter(())
     embedded_now = 0
     for record in new:
         records[record["shard"]] = record

@@ -20,7 +20,7 @@ import math
 import pathlib
 import struct
 import time
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import faiss
 import numpy as np
@@ -165,8 +165,3 @@ def build(layout: Layout, records: Sequence[Mapping[str, Any]], dim: int, spec: 
                 seconds=round(time.perf_counter() - t0, 3), bytes=layout.index.stat().st_size)
     return info
 
-
-def iter_embeddings(layout: Layout, records: Sequence[Mapping[str, Any]]) -> Iterator[tuple[int, np.ndarray]]:
-    """``(shard, vectors)`` of every shard with embeddings, in order."""
-    for k in _shards(layout, records):
-        yield k, vectors(layout, k)

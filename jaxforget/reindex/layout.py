@@ -49,7 +49,8 @@ def pyarrow_modules() -> tuple[Any, Any]:
         import pyarrow  # optional dependency: the 'reindex' extra
         import pyarrow.parquet as pq
     except ImportError as e:
-        raise UserError(f"re-indexing writes parquet metadata and needs pyarrow ({e}); install it with {_PYARROW}") from None
+        raise UserError(f"re-indexing writes parquet metadata and needs pyarrow ({e}); install it with "
+                        f"{_PYARROW}") from None
     return pyarrow, pq
 
 
