@@ -11,6 +11,7 @@ pytest.importorskip("onnxruntime")
 from jaxforget.eval import engines  # noqa: E402
 from jaxforget.io.onnx_format import GraphWriter, save_onnx  # noqa: E402
 from jaxforget.models import load_pretrained, onnx_export  # noqa: E402
+from jaxforget.models.loading import save_torch_backbone  # noqa: E402
 from tests.reindex_fixtures import tiny_model  # noqa: E402
 
 TOL = 1e-4
@@ -40,6 +41,18 @@ def test_engines_agree_on_an_exported_model(tmp_path):
                                engines.open_engine(onnx).embed(x), atol=1e-6)
     np.testing.assert_allclose(engines.open_engine(directory).embed(x), engines.open_engine(onnx).embed(x), atol=TOL)
     assert engines.model_sha256(directory) == engines.model_sha256(directory) != engines.model_sha256(onnx)
+
+
+def test_a_pth_runs_on_both_engines(tmp_path):
+    pytest.importorskip("torch")
+    onnx, directory = tiny_model(tmp_path)
+    bundle, variables = load_pretrained({"init": str(directory)})
+    pth = tmp_path / "tiny.pth"
+    save_torch_backbone(bundle, variables, pth)
+    assert engines.model_kind(pth) == "checkpoint" and engines.default_engine(pth) == "jax"
+    assert _agree(pth, (32, 32)) <= TOL
+    x = _faces(2, (32, 32), 3)
+    np.testing.assert_allclose(engines.open_engine(pth).embed(x), engines.open_engine(onnx).embed(x), atol=TOL)
 
 
 @pytest.mark.real_data
