@@ -149,7 +149,7 @@ def test_bad_input_is_one_line(tmp_path, model, capsys):
     rc, _, err = _cli(capsys, onnx, gallery, tmp_path / "o7", "--shard-size=0", "--workers=0")
     assert rc == 2 and "--shard-size=0 (must be at least 1); --workers=0" in _error_line(err)
     rc, _, err = _cli(capsys, onnx, gallery, tmp_path / "o6", "--align=nosuch")
-    assert rc == 2 and "face detector 'nosuch' is not in this version" in _error_line(err)
+    assert rc == 2 and "--align=nosuch: no such face detector; use one of dlib, scrfd" in _error_line(err)
 
 
 def test_layouts_dtype_and_jax_engine_give_the_same_embeddings(tmp_path, model):
@@ -241,8 +241,8 @@ class _FakeDetector:
 
 
 def test_align_passes_the_detector_name_through(tmp_path, model, monkeypatch):
-    """``--align=<name>`` uses the detector registered as ``name`` (scrfd's registration lands
-    on another branch; a stand-in is registered here)."""
+    """``--align=<name>`` uses the detector registered as ``name`` (a stand-in registered here,
+    so the name's path is tested without a model file)."""
     onnx, _ = model
     monkeypatch.setitem(detect.DETECTORS, "scrfd", _FakeDetector)
     gallery = folder_gallery(tmp_path / "gallery", people=2, photos=2, bad=False, size=(64, 64))
@@ -255,8 +255,13 @@ def test_align_passes_the_detector_name_through(tmp_path, model, monkeypatch):
 
 
 @pytest.mark.real_data
-def test_align_dlib_on_raw_photos(tmp_path, shared, capsys):
-    pytest.importorskip("dlib")
+@pytest.mark.parametrize("detector", ["dlib", "scrfd"])
+def test_align_on_raw_photos(tmp_path, shared, capsys, detector, monkeypatch):
+    if detector == "dlib":
+        pytest.importorskip("dlib")
+    else:  # SCRFD's default model paths are relative to the repository root
+        shared("weights", "insightface_buffalo_s", "scrfd_500m_bnkps.onnx")
+        monkeypatch.chdir(ROOT)
     raw = shared("data", "celeba_wild", "raw_sample", "7201")
     person = tmp_path / "gallery" / "7201"
     person.mkdir(parents=True)
@@ -264,11 +269,13 @@ def test_align_dlib_on_raw_photos(tmp_path, shared, capsys):
         (person / name).write_bytes((raw / name).read_bytes())
     (person / "blank.jpg").write_bytes(jpeg(np.full((200, 200, 3), 128, np.uint8)))
     onnx = tiny_model(tmp_path / "m")[0]
-    rc, out, err = _cli(capsys, onnx, tmp_path / "gallery", tmp_path / "out", "--align=dlib")
+    rc, out, err = _cli(capsys, onnx, tmp_path / "gallery", tmp_path / "out", f"--align={detector}")
     assert rc == 0, err
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
     assert m["counts"]["embedded"] == 3 and m["skipped"][0]["image_path"] == "7201/blank.jpg"
-    assert m["skipped"][0]["reason"] == "no_face"
+    assert m["skipped"][0]["reason"] == "no_face" and m["settings"]["embedding"]["align"] == detector
+    rows, _ = _read(tmp_path / "out")
+    assert [r["faces"] for r in rows] == [1, 1, 1]
 
 
 @pytest.mark.real_data

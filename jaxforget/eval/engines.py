@@ -150,7 +150,7 @@ class OnnxRuntimeEngine:
         else:  # a checkpoint: the graph the project exports, in memory
             bundle, variables = loading.load_pretrained({"init": str(p)})
             model = onnx_export.onnx_model(bundle, variables)
-        self.session = onnx_format.make_session(model, threads=threads, gpu=gpu, quiet=True)
+        self.session = onnx_format.onnx_session(model, threads=threads, gpu=gpu, quiet=True)
         self.input_name = self.session.get_inputs()[0].name
 
     def embed(self, images: np.ndarray) -> np.ndarray:

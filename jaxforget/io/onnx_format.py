@@ -292,13 +292,13 @@ def save_onnx(model: Any, path: str | os.PathLike) -> pathlib.Path:
     return write_atomic(path, model.SerializeToString())
 
 
-def make_session(model: str | os.PathLike | bytes | Any, *, optimize: bool = True, threads: int | None = None,
+def onnx_session(model: str | os.PathLike | bytes | Any, optimize: bool = True, *, threads: int | None = None,
                  gpu: bool = False, quiet: bool = False) -> Any:
-    """An onnxruntime ``InferenceSession`` for a model (a path, serialised bytes or a
-    ``ModelProto``) on the CPU, or on CUDA first when ``gpu`` and onnxruntime-gpu provides it.
-    ``threads`` fixes the intra-op threads (default: onnxruntime's, one per core); ``quiet``
-    keeps onnxruntime's per-call warnings (e.g. a zoo file declaring an output batch of 1) off
-    the log."""
+    """An onnxruntime session of a model (a path, serialised bytes or a ``ModelProto``), to run it
+    many times: on the CPU, or on CUDA first when ``gpu`` and onnxruntime-gpu provides it.
+    ``optimize`` as in :func:`run_onnx`; ``threads`` fixes the intra-op threads (default:
+    onnxruntime's, one per core); ``quiet`` keeps onnxruntime's per-call warnings (e.g. a zoo file
+    declaring an output batch of 1) off the log."""
     ort = _import("onnxruntime")
     if not isinstance(model, (bytes, str, os.PathLike)):
         model = model.SerializeToString()
@@ -326,7 +326,7 @@ def run_onnx(model: str | os.PathLike | bytes | Any, inputs: Mapping[str, np.nda
     runs the inputs' leading axis in chunks of that size (1 for a graph exported with its batch
     fixed at 1) and concatenates the outputs.
     """
-    session = make_session(model, optimize=optimize)
+    session = onnx_session(model, optimize)
     if not isinstance(inputs, Mapping):
         inputs = {session.get_inputs()[0].name: inputs}
     feeds = {k: np.asarray(v) for k, v in inputs.items()}

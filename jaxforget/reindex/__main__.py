@@ -18,7 +18,7 @@ import argparse
 import sys
 from typing import Sequence
 
-from jaxforget.data.detect import DetectorUnavailableError
+from jaxforget.data.detect import DetectorFileError, DetectorUnavailableError
 from jaxforget.data.source import DataError
 from jaxforget.errors import UserError
 from jaxforget.eval.engines import EngineError
@@ -80,7 +80,7 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, O
 
 #: What a user can fix (a path, a file, a flag): one line, exit status 2; anything else is a bug.
 USER_ERRORS = (UserError, DataError, EngineError, OnnxFormatError, OnnxUnavailableError, DetectorUnavailableError,
-               CheckpointMismatchError, ModelConfigError, FileNotFoundError)
+               DetectorFileError, CheckpointMismatchError, ModelConfigError, FileNotFoundError)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -142,8 +142,10 @@ def reindex(model: str | os.PathLike, gallery: str | os.PathLike, out: str | os.
     model, out = pathlib.Path(model).expanduser(), pathlib.Path(out).expanduser()
     engine = default_engine(model) if opts.engine == "auto" else opts.engine
     gal = list_gallery(gallery)
-    if opts.align:
-        detect.make_detector(opts.align)  # an unknown or uninstalled detector fails before any work
+    if opts.align:  # an unknown or uninstalled detector fails before any work
+        if opts.align not in detect.DETECTORS:
+            raise UserError(f"--align={opts.align}: no such face detector; use one of {', '.join(detect.DETECTORS)}")
+        detect.make_detector(opts.align)
     info = describe_model(model, engine)
     settings = _settings(model, info, engine, gal, opts)
     num_shards = len(settings["gallery"]["shards"])

@@ -10,7 +10,7 @@ listed with its reason, never fatal.
 Photos are aligned crops at the model's input size (:func:`jaxforget.data.gallery.load_aligned`),
 or with ``align`` set, photos in which the detector of that name
 (:func:`jaxforget.data.detect.make_detector`) finds the face, aligned as ``jaxforget.align``
-aligns them (:func:`jaxforget.data.align_photos.crop_face`; the largest face where there are
+aligns them (:func:`jaxforget.data.align.crop_face`; the largest face where there are
 several: the metadata's ``faces`` column says how many were found).
 """
 
@@ -29,7 +29,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from jaxforget import workdir
-from jaxforget.data import align_photos, detect
+from jaxforget.data import detect
+from jaxforget.data.align import crop_face
 from jaxforget.data.gallery import Item, SkippedImage, load_aligned, load_photo
 from jaxforget.reindex.layout import Layout, NpyWriter, partial, publish, write_metadata
 
@@ -86,7 +87,7 @@ class _Decoder:
         if not faces:
             raise SkippedImage("no_face", f"the {self.spec.align} detector finds no face")
         face = faces[detect.choose_face(None, None, [f.area for f in faces])[0]]
-        return align_photos.crop_face(photo, face.landmarks, self.spec.input_size), len(faces)
+        return crop_face(photo, face.landmarks, self.spec.input_size), len(faces)
 
     def batch(self, items: Sequence[Item]) -> tuple[np.ndarray, list[Item], list[int], list[dict[str, str]]]:
         images, kept, faces, skipped = [], [], [], []
