@@ -20,6 +20,7 @@ def test_quick_reindex_benchmark_reports_rates_ratios_and_rss(tmp_path):
     r = json.loads(out.read_text())
     a, b, c = r["a_bare_onnxruntime_images_per_s"], r["b_reindex"], r["c_jax_engine_images_per_s"]
     assert _positive(a) and _positive(c) and _positive(b["images_per_s"]) and b["images"] == 128
+    assert len(r["a_runs"]) == 2 and a == pytest.approx(sum(r["a_runs"]) / 2)
     assert r["ratios"]["b_over_a"] == pytest.approx(b["images_per_s"] / a)
     assert r["ratios"]["c_over_a"] == pytest.approx(c / a)
     small, large = (r["rss"][str(n)]["peak_rss_mb"] for n in r["config"]["rss_images"])
