@@ -148,6 +148,10 @@ def test_bad_input_is_one_line(tmp_path, model, capsys):
     assert rc == 2 and "not a FAISS factory string" in _error_line(err)
     rc, _, err = _cli(capsys, onnx, gallery, tmp_path / "o7", "--shard-size=0", "--workers=0")
     assert rc == 2 and "--shard-size=0 (must be at least 1); --workers=0" in _error_line(err)
+    rc, _, err = _cli(capsys, onnx, gallery, tmp_path / "o8", "--align=dlib", "--detector-model=x.onnx")
+    assert rc == 2 and "are for --align=scrfd" in _error_line(err)
+    rc, _, err = _cli(capsys, onnx, gallery, tmp_path / "o9", "--align=scrfd", f"--detector-model={tmp_path}/no.onnx")
+    assert rc == 2 and "no.onnx: file not found" in _error_line(err)
     rc, _, err = _cli(capsys, onnx, gallery, tmp_path / "o6", "--align=nosuch")
     assert rc == 2 and "--align=nosuch: no such face detector; use one of dlib, scrfd" in _error_line(err)
 
@@ -227,7 +231,8 @@ def test_kill_minus_9_mid_shard_loses_and_repeats_nothing(tmp_path, model):
 class _FakeDetector:
     """A detector that finds one face with the template's landmarks in every photo but black ones."""
 
-    settings = {"detector": "fake"}
+    def __init__(self, **options):
+        self.settings = {"detector": "fake", **options}
 
     def detect(self, image, chips=False):
         from jaxforget.data.align import template_for
@@ -252,6 +257,8 @@ def test_align_passes_the_detector_name_through(tmp_path, model, monkeypatch):
     rows, _ = _read(tmp_path / "out")
     assert all(r["faces"] == 1 for r in rows)
     assert m["settings"]["embedding"]["align"] == "scrfd"
+    # the detector gets its model files as absolute paths (Ray workers run in other folders)
+    assert pathlib.Path(m["settings"]["embedding"]["detector"]["model"]).is_absolute()
 
 
 @pytest.mark.real_data
@@ -276,6 +283,8 @@ def test_align_on_raw_photos(tmp_path, shared, capsys, detector, monkeypatch):
     assert m["skipped"][0]["reason"] == "no_face" and m["settings"]["embedding"]["align"] == detector
     rows, _ = _read(tmp_path / "out")
     assert [r["faces"] for r in rows] == [1, 1, 1]
+    if detector == "scrfd":  # the detector's files are part of what a rerun must match
+        assert len(m["settings"]["embedding"]["detector"]["model_sha256"]) == 64
 
 
 @pytest.mark.real_data

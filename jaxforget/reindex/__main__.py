@@ -39,8 +39,12 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, O
     g.add_argument("--engine", default="auto", choices=("auto", "jax", "onnxruntime"),
                    help="auto: onnxruntime for ONNX files, jax for checkpoints")
     g.add_argument("--align", default=None, metavar="DETECTOR",
-                   help="detect and align each photo with this detector (dlib; scrfd where installed); "
-                   "default: photos are aligned crops, taken at the model's input size")
+                   help="detect and align each photo with this detector: dlib (the align extra) or scrfd "
+                   "(InsightFace's, the onnx extra); default: photos are aligned crops at the model's input size")
+    g.add_argument("--detector-model", default=None, metavar="ONNX",
+                   help="--align=scrfd: SCRFD with keypoints as ONNX (default the buffalo_s pack's in ../shared)")
+    g.add_argument("--descriptor-model", default=None, metavar="ONNX",
+                   help="--align=scrfd: the recognition model SCRFD's detector loads (default the same pack's)")
     g.add_argument("--shard-size", type=int, default=10_000, help="photos per output shard (default 10000)")
     g.add_argument("--dtype", default="float32", choices=DTYPES, help="stored embeddings (the index is float32)")
     g.add_argument("--batch-size", type=int, default=64, help="photos per engine call (default 64)")
@@ -69,7 +73,8 @@ def parse_args(argv: Sequence[str] | None = None) -> tuple[argparse.Namespace, O
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     args = p.parse_args(argv)
     opts = Options(
-        engine=args.engine, align=args.align, shard_size=args.shard_size, dtype=args.dtype,
+        engine=args.engine, align=args.align, detector_model=args.detector_model,
+        descriptor_model=args.descriptor_model, shard_size=args.shard_size, dtype=args.dtype,
         batch_size=args.batch_size, decode_threads=args.decode_threads, threads=args.threads, runner=args.runner,
         ray_address=args.ray_address, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, index=args.index, exact_limit=args.exact_limit, nprobe=args.nprobe,

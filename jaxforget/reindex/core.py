@@ -38,6 +38,8 @@ class Options:
 
     engine: str = "auto"
     align: str | None = None
+    detector_model: str | None = None
+    descriptor_model: str | None = None
     shard_size: int = 10_000
     dtype: str = "float32"
     batch_size: int = 64
@@ -73,6 +75,8 @@ class Options:
                 bad.append(f"--{name.replace('_', '-')}={getattr(self, name)} (must be at least 1)")
         if self.cpus_per_worker <= 0 or self.gpus_per_worker < 0:
             bad.append("--cpus-per-worker must be positive and --gpus-per-worker not negative")
+        if (self.detector_model or self.descriptor_model) and self.align != "scrfd":
+            bad.append("--detector-model / --descriptor-model are for --align=scrfd")
         if self.before and not (self.forget or self.split):
             bad.append("--before needs --forget or --split (the people to audit)")
         if bad:
@@ -96,6 +100,20 @@ def _settings(model: pathlib.Path, info: ModelInfo, engine: str, gallery: Galler
                       "dtype": opts.dtype, "align": opts.align or "none (aligned crops)",
                       "shard_size": opts.shard_size},
     }
+
+
+def _detector(opts: Options) -> tuple[tuple[tuple[str, str], ...], dict[str, Any] | None]:
+    """The ``--align`` detector's options (model files as absolute paths: Ray workers run
+    elsewhere) and its settings; an unknown detector or a missing file fails before any work."""
+    if not opts.align:
+        return (), None
+    if opts.align not in detect.DETECTORS:
+        raise UserError(f"--align={opts.align}: no such face detector; use one of {', '.join(detect.DETECTORS)}")
+    options: dict[str, str] = {}
+    if opts.align == "scrfd":
+        options = {"model": str(pathlib.Path(opts.detector_model or detect.SCRFD_MODEL).resolve()),
+                   "descriptor_model": str(pathlib.Path(opts.descriptor_model or detect.SCRFD_DESCRIPTOR).resolve())}
+    return tuple(sorted(options.items())), dict(detect.make_detector(opts.align, **options).settings)
 
 
 def _first_change(layout: Layout, gallery: Gallery):
@@ -142,12 +160,11 @@ def reindex(model: str | os.PathLike, gallery: str | os.PathLike, out: str | os.
     model, out = pathlib.Path(model).expanduser(), pathlib.Path(out).expanduser()
     engine = default_engine(model) if opts.engine == "auto" else opts.engine
     gal = list_gallery(gallery)
-    if opts.align:  # an unknown or uninstalled detector fails before any work
-        if opts.align not in detect.DETECTORS:
-            raise UserError(f"--align={opts.align}: no such face detector; use one of {', '.join(detect.DETECTORS)}")
-        detect.make_detector(opts.align)
+    align_options, align_settings = _detector(opts)
     info = describe_model(model, engine)
     settings = _settings(model, info, engine, gal, opts)
+    if align_settings is not None:
+        settings["embedding"]["detector"] = align_settings
     num_shards = len(settings["gallery"]["shards"])
     layout = Layout(out, num_shards)
     old = read_manifest(out)
@@ -167,8 +184,8 @@ def reindex(model: str | os.PathLike, gallery: str | os.PathLike, out: str | os.
         print(f"re-indexing {len(gal)} photos of {gal.spec} with {model} ({engine}) into {out}: {num_shards} shards, "
               f"{len(records)} already done", file=sys.stderr, flush=True)
     bar = Progress("reindex", total=remaining, every_s=2.0) if opts.progress and todo else None
-    spec = ShardSpec(str(out), num_shards, tuple(info.input_size), opts.dtype, opts.align, gal.has_person,
-                     opts.batch_size, opts.decode_threads or min(4, os.cpu_count() or 1))
+    spec = ShardSpec(str(out), num_shards, tuple(info.input_size), opts.dtype, opts.align, align_options,
+                     gal.has_person, opts.batch_size, opts.decode_threads or min(4, os.cpu_count() or 1))
     engine_spec = EngineSpec(str(model.resolve()), engine, opts.batch_size,
                              opts.threads or (max(1, int(opts.cpus_per_worker)) if opts.runner == "ray" else None),
                              gpu=opts.gpus_per_worker > 0)

@@ -44,6 +44,7 @@ class ShardSpec:
     input_size: tuple[int, int]
     dtype: str = "float32"
     align: str | None = None
+    align_options: tuple[tuple[str, str], ...] = ()  # the detector's keyword arguments (model files)
     has_person: bool = True
     batch_size: int = 64
     decode_threads: int = 2
@@ -75,7 +76,7 @@ class _Decoder:
 
     def _detector(self) -> Any:
         if not hasattr(self._local, "detector"):
-            self._local.detector = detect.make_detector(self.spec.align)
+            self._local.detector = detect.make_detector(self.spec.align, **dict(self.spec.align_options))
         return self._local.detector
 
     def one(self, item: Item) -> tuple[np.ndarray, int]:
