@@ -292,17 +292,28 @@ def save_onnx(model: Any, path: str | os.PathLike) -> pathlib.Path:
     return write_atomic(path, model.SerializeToString())
 
 
-def onnx_session(model: str | os.PathLike | bytes | Any, optimize: bool = True) -> Any:
-    """An onnxruntime CPU session of a model (a path, serialised bytes or a ``ModelProto``), to run
-    it many times; ``optimize`` as in :func:`run_onnx`."""
+def onnx_session(model: str | os.PathLike | bytes | Any, optimize: bool = True, *, threads: int | None = None,
+                 gpu: bool = False, quiet: bool = False) -> Any:
+    """An onnxruntime session of a model (a path, serialised bytes or a ``ModelProto``), to run it
+    many times: on the CPU, or on CUDA first when ``gpu`` and onnxruntime-gpu provides it.
+    ``optimize`` as in :func:`run_onnx`; ``threads`` fixes the intra-op threads (default:
+    onnxruntime's, one per core); ``quiet`` keeps onnxruntime's per-call warnings (e.g. a zoo file
+    declaring an output batch of 1) off the log."""
     ort = _import("onnxruntime")
     if not isinstance(model, (bytes, str, os.PathLike)):
         model = model.SerializeToString()
     options = ort.SessionOptions()
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                providers=["CPUExecutionProvider"])
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    if quiet:
+        options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
 
 
 def run_onnx(model: str | os.PathLike | bytes | Any, inputs: Mapping[str, np.ndarray] | np.ndarray,
