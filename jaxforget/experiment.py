@@ -226,33 +226,17 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh,
 
 
 def restore_folded_batchnorms(cfg, bundle, variables, source, split):
-    """A model whose export folded its BatchNorms into the convs (an InsightFace zoo ONNX file):
-    with ``model.folded_bn='recalibrate'`` they are re-created from the split's train photos
-    (:mod:`jaxforget.models.folded_bn`: the same function, and train-mode BatchNorm divides by
-    statistics the layers really see); with ``'keep'`` they stay exact identities, and a recipe
-    that normalises by batch statistics is warned about. Said in a log line either way."""
-    folded = folded_bn.folded_batchnorms(variables)
-    if not folded:
-        return variables
-    init = pathlib.Path(str(cfg.model.init)).name
-    if cfg.model.folded_bn == "keep":
-        modes = {f"{block}.bn_mode={cfg[block].bn_mode!r}" for block in ("method", "pretrain")
-                 if cfg[block].get("bn_mode", "frozen") != "frozen"
-                 and (block == "method" or int(cfg.pretrain.steps) > 0)}
-        _log(f"[model] {init}: {len(folded)} BatchNorms were folded into their convs by the export and are kept as "
-             "identities (model.folded_bn='keep')"
-             + (f"; WARNING: {', '.join(sorted(modes))} normalises them by batch statistics, a function the model "
-                "never had (docs/RESULTS.md section 6); use model.folded_bn='recalibrate' or bn_mode='frozen'"
-                if modes else ""))
-        return variables
+    """BatchNorms an ONNX export folded away (a zoo file's): re-created from the split's train
+    photos or kept, as ``model.folded_bn`` says (:func:`folded_bn.restore`), said in a log line."""
+    modes = [f"{b}.bn_mode={cfg[b].bn_mode!r}" for b in ("method", "pretrain") if cfg[b].get("bn_mode", "frozen") !=
+             "frozen" and (b == "method" or int(cfg.pretrain.steps) > 0)]
     train_idx = np.concatenate([split.forget_train(), split.retain_train()])
-    images = pipeline.eval_dataset(source, train_idx, batch_size=int(cfg.eval.batch_size))
-    t0 = time.perf_counter()
-    variables, info = folded_bn.recalibrate(bundle, variables, ((b["image"], b["mask"]) for b in images))
-    _log(f"[model] {init}: {info['layers']} BatchNorms were folded into their convs by the export; re-created them "
-         f"from the statistics of {info['images']} train photos in {time.perf_counter() - t0:.0f}s "
-         f"(model.folded_bn='recalibrate': the same function, largest embedding change "
-         f"{info['max_abs_change']:.1e}; train-mode BatchNorm now divides by real statistics)")
+    batches = lambda: ((b["image"], b["mask"]) for b in pipeline.eval_dataset(  # noqa: E731
+        source, train_idx, batch_size=int(cfg.eval.batch_size)))
+    variables, message = folded_bn.restore(bundle, variables, cfg.model.folded_bn, batches,
+                                           pathlib.Path(str(cfg.model.init)).name, modes)
+    if message:
+        _log(message)
     return variables
 
 

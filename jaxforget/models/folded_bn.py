@@ -19,7 +19,8 @@ measures what each choice does to the zoo model on real faces.
 
 from __future__ import annotations
 
-from typing import Any, Iterable, Mapping
+import time
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import flax.linen as nn
 import jax
@@ -124,3 +125,27 @@ def recalibrate(bundle: ModelBundle, variables: Mapping[str, Any],
     valid = np.asarray(first[1], bool)
     change = np.abs(np.asarray(embed(new, first[0]))[valid] - np.asarray(embed(dict(variables), first[0]))[valid])
     return new, {"layers": len(sums), "images": images_seen, "max_abs_change": float(change.max())}
+
+
+def restore(bundle: ModelBundle, variables: Mapping[str, Any], mode: str,
+            batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], source: str,
+            train_modes: Sequence[str] = ()) -> tuple[Mapping[str, Any], str | None]:
+    """What a run does with a checkpoint's folded BatchNorms (``model.folded_bn``): ``mode``
+    'recalibrate' re-creates them from ``batches()`` (:func:`recalibrate`), 'keep' leaves them
+    and warns when a recipe normalises them by batch statistics (``train_modes``: the config
+    fields that do, e.g. ``["method.bn_mode='train'"]``). Returns the variables and the log line
+    saying what was done (None when nothing was folded); ``source`` names the checkpoint."""
+    folded = folded_batchnorms(variables)
+    if not folded:
+        return variables, None
+    head = f"[model] {source}: {len(folded)} BatchNorms were folded into their convs by the export"
+    if mode == "keep":
+        warning = (f"; WARNING: {', '.join(train_modes)} normalises them by batch statistics, a function the model "
+                   "never had (docs/RESULTS.md section 7); use model.folded_bn='recalibrate' or bn_mode='frozen'"
+                   if train_modes else "")
+        return variables, f"{head} and are kept as identities (model.folded_bn='keep'){warning}"
+    t0 = time.perf_counter()
+    new, info = recalibrate(bundle, variables, batches())
+    return new, (f"{head}; re-created them from the statistics of {info['images']} train photos in "
+                 f"{time.perf_counter() - t0:.0f}s (model.folded_bn='recalibrate': the same function, largest "
+                 f"embedding change {info['max_abs_change']:.1e}; train-mode BatchNorm now divides by real statistics)")
