@@ -228,8 +228,8 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh,
 def restore_folded_batchnorms(cfg, bundle, variables, source, split):
     """BatchNorms an ONNX export folded away (a zoo file's): re-created from the split's train
     photos or kept, as ``model.folded_bn`` says (:func:`folded_bn.restore`), said in a log line."""
-    modes = [f"{b}.bn_mode={cfg[b].bn_mode!r}" for b in ("method", "pretrain") if cfg[b].get("bn_mode", "frozen") !=
-             "frozen" and (b == "method" or int(cfg.pretrain.steps) > 0)]
+    trains = {"method": not methods.get_method(cfg.method.name).closed_form, "pretrain": int(cfg.pretrain.steps) > 0}
+    modes = [f"{b}.bn_mode={cfg[b].bn_mode!r}" for b in trains if trains[b] and cfg[b].get("bn_mode") != "frozen"]
     train_idx = np.concatenate([split.forget_train(), split.retain_train()])
     batches = lambda: ((b["image"], b["mask"]) for b in pipeline.eval_dataset(  # noqa: E731
         source, train_idx, batch_size=int(cfg.eval.batch_size)))

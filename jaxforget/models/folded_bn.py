@@ -131,14 +131,17 @@ def restore(bundle: ModelBundle, variables: Mapping[str, Any], mode: str,
             batches: Callable[[], Iterable[tuple[np.ndarray, np.ndarray]]], source: str,
             train_modes: Sequence[str] = ()) -> tuple[Mapping[str, Any], str | None]:
     """What a run does with a checkpoint's folded BatchNorms (``model.folded_bn``): ``mode``
-    'recalibrate' re-creates them from ``batches()`` (:func:`recalibrate`), 'keep' leaves them
-    and warns when a recipe normalises them by batch statistics (``train_modes``: the config
-    fields that do, e.g. ``["method.bn_mode='train'"]``). Returns the variables and the log line
+    'recalibrate' re-creates them from ``batches()`` (:func:`recalibrate`) when a step of the run
+    normalises by batch statistics (``train_modes``: the config fields that make it, e.g.
+    ``["method.bn_mode='train'"]``; none: a closed-form or frozen run, the function is all that
+    matters and nothing is measured), 'keep' leaves them and warns when ``train_modes`` is not empty. Returns the variables and the log line
     saying what was done (None when nothing was folded); ``source`` names the checkpoint."""
     folded = folded_batchnorms(variables)
     if not folded:
         return variables, None
     head = f"[model] {source}: {len(folded)} BatchNorms were folded into their convs by the export"
+    if mode == "recalibrate" and not train_modes:
+        return variables, f"{head}; kept as identities: no step of this run normalises by batch statistics"
     if mode == "keep":
         warning = (f"; WARNING: {', '.join(train_modes)} normalises them by batch statistics, a function the model "
                    "never had (docs/RESULTS.md section 7); use model.folded_bn='recalibrate' or bn_mode='frozen'"
