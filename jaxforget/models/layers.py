@@ -23,6 +23,8 @@ same numbers:
 from __future__ import annotations
 
 import contextlib
+import functools
+import operator
 from typing import Any, Callable, Iterator
 
 import flax.linen as nn
@@ -45,6 +47,18 @@ def resolve_dtype(dtype: Any) -> jnp.dtype:
             raise ValueError(f"model dtype {dtype!r} is not supported; use one of 'float32', 'bfloat16'")
         return jnp.dtype(names[dtype.lower()])
     return jnp.dtype(dtype)
+
+
+def check_input(model: str, input_size: tuple[int, int], x: jax.Array, released: tuple[int, int]) -> None:
+    """A backbone's checks of its configured ``input_size`` (sides positive, divisible by 16) and
+    of the NHWC batch ``x`` it is given; ``released`` is the size of the published weights."""
+    h, w = input_size
+    if h % 16 or w % 16 or h <= 0 or w <= 0:
+        raise ValueError(f"{model} input_size {tuple(input_size)} must have both sides positive and divisible by 16; "
+                         f"the released weights use {tuple(released)}")
+    if x.ndim != 4 or tuple(x.shape[1:3]) != (h, w) or x.shape[3] != 3:
+        raise ValueError(f"{model} expects NHWC images of shape (B, {h}, {w}, 3); got {tuple(x.shape)}. "
+                         "Resize the images or set model.input_size")
 
 
 class PReLU(nn.Module):
@@ -80,6 +94,28 @@ def batch_norm(train: bool, dtype: Dtype, name: str, use_scale: bool = True) -> 
     )
 
 
+def _padded(x: jax.Array, kernel_size: tuple[int, int], stride: int, padding: int,
+            what: str) -> tuple[jax.Array, tuple[int, int]]:
+    """``x`` zero-padded by ``padding`` on each side, and the output size of the strided conv."""
+    if padding:
+        x = jnp.pad(x, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    (kh, kw), (hp, wp) = kernel_size, x.shape[1:3]
+    out = ((hp - kh) // stride + 1, (wp - kw) // stride + 1)
+    if min(out) <= 0:
+        raise ValueError(f"{what}: kernel {tuple(kernel_size)} does not fit the padded input {(hp, wp)}")
+    return x, out
+
+
+def _taps(x: jax.Array, kernel_size: tuple[int, int], stride: int, out: tuple[int, int]):
+    """``(i, j, slice)`` for each kernel tap: the padded input's strided ``out``-sized slice that
+    tap ``(i, j)`` multiplies."""
+    n, c = x.shape[0], x.shape[-1]
+    for i in range(kernel_size[0]):
+        for j in range(kernel_size[1]):
+            yield i, j, jax.lax.slice(x, (0, i, j, 0), (n, i + (out[0] - 1) * stride + 1,
+                                                        j + (out[1] - 1) * stride + 1, c), (1, stride, stride, 1))
+
+
 class DepthwiseConv(nn.Module):
     """Bias-free depthwise 2-D convolution (one ``kh x kw`` filter per channel), NHWC.
 
@@ -104,25 +140,11 @@ class DepthwiseConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, 1, channels), self.param_dtype)
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
-        p, s = self.padding, self.strides
-        if p:
-            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-        n, hp, wp, _ = x.shape
-        out_h, out_w = (hp - kh) // s + 1, (wp - kw) // s + 1
-        if out_h <= 0 or out_w <= 0:
-            raise ValueError(f"DepthwiseConv: kernel {self.kernel_size} does not fit the padded input "
-                             f"{(hp, wp)}")
+        x, (out_h, out_w) = _padded(x, self.kernel_size, self.strides, self.padding, "DepthwiseConv")
         if (out_h, out_w) == (1, 1):  # global depthwise conv (MobileFaceNet's linear7)
             return jnp.einsum("nhwc,hwc->nc", x[:, :kh, :kw], kernel[:, :, 0])[:, None, None, :]
-        out = None
-        for i in range(kh):
-            for j in range(kw):
-                tap = jax.lax.slice(x, (0, i, j, 0),
-                                    (n, i + (out_h - 1) * s + 1, j + (out_w - 1) * s + 1, channels),
-                                    (1, s, s, 1))
-                term = tap * kernel[i, j, 0]
-                out = term if out is None else out + term
-        return out
+        return functools.reduce(operator.add, (tap * kernel[i, j, 0] for i, j, tap in
+                                               _taps(x, self.kernel_size, self.strides, (out_h, out_w))))
 
 
 class GroupedConv(nn.Module):
@@ -157,18 +179,11 @@ class GroupedConv(nn.Module):
         kernel = self.param("kernel", self.kernel_init, (kh, kw, cin, self.features), self.param_dtype)
         dtype = self.dtype or x.dtype
         x, kernel = x.astype(dtype), kernel.astype(dtype)
-        p, s = self.padding, self.strides
-        if p:
-            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
-        n, hp, wp, _ = x.shape
-        out_h, out_w = (hp - kh) // s + 1, (wp - kw) // s + 1
-        out = None
-        for i in range(kh):
-            for j in range(kw):
-                tap = jax.lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * s + 1, j + (out_w - 1) * s + 1, channels),
-                                    (1, s, s, 1)).reshape(n, out_h, out_w, g, cin)
-                term = jnp.einsum("nhwga,agb->nhwgb", tap, kernel[i, j].reshape(cin, g, cout))
-                out = term if out is None else out + term
+        x, (out_h, out_w) = _padded(x, self.kernel_size, self.strides, self.padding, "GroupedConv")
+        n = x.shape[0]
+        out = functools.reduce(operator.add, (
+            jnp.einsum("nhwga,agb->nhwgb", tap.reshape(n, out_h, out_w, g, cin), kernel[i, j].reshape(cin, g, cout))
+            for i, j, tap in _taps(x, self.kernel_size, self.strides, (out_h, out_w))))
         return out.reshape(n, out_h, out_w, self.features)
 
 

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxforget.models.iresnet import scaled_width
-from jaxforget.models.layers import PReLU, batch_norm, conv, resolve_dtype
+from jaxforget.models.layers import PReLU, batch_norm, check_input, conv, resolve_dtype
 
 #: ``(kind, output channels, hidden width / groups, blocks)`` of ``layers.1 .. layers.7`` at width 1:
 #: ``conv`` the grouped 3x3 ConvBlock, ``down`` a stride-2 DepthWise, ``res`` a Residual stack.
@@ -119,13 +119,7 @@ class ArcFaceMobileFaceNet(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
-        h, w = self.input_size
-        if h % 16 or w % 16 or h <= 0 or w <= 0:
-            raise ValueError(f"mbf input_size {tuple(self.input_size)} must have both sides positive and divisible "
-                             "by 16; the released weights use (112, 112)")
-        if x.ndim != 4 or tuple(x.shape[1:3]) != (h, w) or x.shape[3] != 3:
-            raise ValueError(f"mbf expects NHWC images of shape (B, {h}, {w}, 3); got {tuple(x.shape)}. "
-                             "Resize the images or set model.input_size")
+        check_input("mbf", self.input_size, x, (112, 112))
         dtype = resolve_dtype(self.dtype)
         width = lambda c: scaled_width(c, self.width_mult)  # noqa: E731
         x = ConvBlock(width(MBF_STEM), 3, 2, 1, dtype=dtype, name="layers_0")(x.astype(dtype), train)

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxforget.models.iresnet import scaled_width
-from jaxforget.models.layers import PReLU, batch_norm, conv, resolve_dtype
+from jaxforget.models.layers import PReLU, batch_norm, check_input, conv, resolve_dtype
 
 #: (expansion t, output channels c, repeats n, first stride s) for each bottleneck group.
 MOBILEFACENET_SETTING: tuple[tuple[int, int, int, int], ...] = (
@@ -96,16 +96,7 @@ class MobileFaceNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool = False) -> jax.Array:
         h, w = self.input_size
-        if h % 16 or w % 16 or h <= 0 or w <= 0:
-            raise ValueError(
-                f"MobileFaceNet input_size {tuple(self.input_size)} must have both sides positive and "
-                "divisible by 16; the released weights use (112, 96)"
-            )
-        if x.ndim != 4 or tuple(x.shape[1:3]) != (h, w) or x.shape[3] != 3:
-            raise ValueError(
-                f"MobileFaceNet expects NHWC images of shape (B, {h}, {w}, 3); got {tuple(x.shape)}. "
-                "Resize the images or set model.input_size"
-            )
+        check_input("MobileFaceNet", self.input_size, x, (112, 96))
         dtype = resolve_dtype(self.dtype)
         wm = self.width_mult
         x = x.astype(dtype)
