@@ -41,12 +41,11 @@ for retain -1.4.
 
 from jaxforget import config as base
 
-# Every preset: the optimiser, what trains, the loss.
+# Every preset: the optimiser, the loss.
 HPARAMS = dict(
     optimizer="sgd", momentum=0.9, nesterov=False, weight_decay=5e-4,
     schedule="constant", warmup_steps=0, step_boundaries=(0.5, 0.75), step_factor=0.1,
-    clip_norm=0.0,
-    trainable="", bn_mode="train", flip=True,  # whole backbone, BatchNorm in train mode
+    clip_norm=0.0, flip=True,
     salun_fraction=0.0, salun_batches=8,  # SalUn off
     project=False,  # no identity-subspace projection before training
     retain_weight=0.0, retain_loss="cosface",  # no retain term (paper: lambda = 0)
@@ -55,10 +54,15 @@ HPARAMS = dict(
     augmented_views=False, num_views=2, view_positives="identity", view_crop=0.1,
     view_jitter=0.2,
 )
-# Per preset: the learning rate (see above); steps and batches: config.STEP_BUDGET.
+# Per preset: the learning rate and what trains (see above); steps and batches:
+# config.STEP_BUDGET. The paper's: the whole backbone, BatchNorm in train mode; the demo: the
+# output layer, BatchNorm frozen.
+_WHOLE = dict(trainable="", bn_mode="train")
 PER_PRESET = {
-    "": dict(lr=0.01), "demo": dict(lr=0.01),
-    "celeba": dict(lr=0.05), "orl": dict(lr=0.05), "celeba_wild": dict(lr=0.05),
+    "": dict(lr=0.01, **_WHOLE),
+    "demo": dict(lr=0.1, trainable="fc/|features/", bn_mode="frozen"),
+    "celeba": dict(lr=0.05, **_WHOLE), "orl": dict(lr=0.05, **_WHOLE),
+    "celeba_wild": dict(lr=0.05, **_WHOLE),
 }
 
 

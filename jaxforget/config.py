@@ -171,7 +171,7 @@ def demo_overrides(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     c.model.width_mult = 0.25
     c.model.input_size = (32, 32)
     c.model.embedding_size = 128
-    c.head.s = 32.0
+    c.head.s = 8.0
     c.head.m = 0.2
     c.data.name = "synthetic"
     c.data.num_identities = 100
