@@ -65,13 +65,17 @@ def shared_config() -> ml_collections.ConfigDict:
     # defaults (iresnet50 for 'auto'; 112x112 -> 512 for IResNets, 112x96 -> 128 MobileFaceNet).
     c.model = ml_collections.ConfigDict(
         dict(
-            name="auto",  # iresnet18|34|50|100|200, mobilefacenet; 'auto': model.init's
+            name="auto",  # iresnet18|34|50|100|200, mobilefacenet, mbf; 'auto': model.init's
             width_mult=ml_collections.FieldReference(None, field_type=float),  # channel multiplier
             input_size=ml_collections.FieldReference(None, field_type=tuple),  # (H, W)
             embedding_size=ml_collections.FieldReference(None, field_type=int),
             dtype="float32",  # compute dtype; 'bfloat16' keeps float32 parameters
             dropout=0.0,
-            init="",  # converted orbax dir, InsightFace .pth, or MobileFaceNet .ckpt
+            init="",  # converted orbax dir, InsightFace .pth / .onnx, or MobileFaceNet .ckpt
+            # BatchNorms an ONNX export folded into its convs (a zoo model's): 'recalibrate'
+            # re-creates them from the run's train photos (same function, real statistics for
+            # bn_mode='train'); 'keep' leaves them exact identities (train with bn_mode='frozen').
+            folded_bn="recalibrate",
         )
     )
     # CosFace head (class weights). The released backbones carry no head for the training

@@ -49,7 +49,8 @@ from jaxforget.eval import sets as eval_sets
 from jaxforget.eval.embed import Embeddings, embed_model
 from jaxforget.io import checkpoint
 from jaxforget.methods import projection
-from jaxforget.models import loading, onnx_export
+from jaxforget.models import folded_bn, loading, onnx_export
+from jaxforget.models.registry import family_of
 
 
 def _log(msg: str) -> None:
@@ -224,6 +225,21 @@ def pretrain(cfg, bundle, variables, source, split, workdir: pathlib.Path, mesh,
     return variables, head
 
 
+def restore_folded_batchnorms(cfg, bundle, variables, source, split):
+    """BatchNorms an ONNX export folded away (a zoo file's): re-created from the split's train
+    photos or kept, as ``model.folded_bn`` says (:func:`folded_bn.restore`), said in a log line."""
+    modes = [f"{b}.bn_mode={cfg[b].bn_mode!r}" for b in ("method", "pretrain") if cfg[b].get("bn_mode", "frozen") !=
+             "frozen" and (b == "method" or int(cfg.pretrain.steps) > 0)]
+    train_idx = np.concatenate([split.forget_train(), split.retain_train()])
+    batches = lambda: ((b["image"], b["mask"]) for b in pipeline.eval_dataset(  # noqa: E731
+        source, train_idx, batch_size=int(cfg.eval.batch_size)))
+    variables, message = folded_bn.restore(bundle, variables, cfg.model.folded_bn, batches,
+                                           pathlib.Path(str(cfg.model.init)).name, modes)
+    if message:
+        _log(message)
+    return variables
+
+
 def curve_state(step: int) -> str:
     """The results key (and embeddings prefix) of the model after ``step`` training steps."""
     return f"{report.CURVE_PREFIX}{step}"
@@ -289,9 +305,12 @@ def run(cfg: ml_collections.ConfigDict, workdir: str | os.PathLike | None = None
     workdir = pathlib.Path(workdir or wd.default_workdir(cfg)).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     h, w = cfg.model.input_size
+    family = family_of(cfg.model.name)
+    source = f" read from {cfg.model.init}" if cfg.model.init else ""
     _log(
-        f"jaxforget: method={cfg.method.name} model={cfg.model.name} ({h}x{w} -> "
-        f"{cfg.model.embedding_size}-d) data={cfg.data.name}; writing to {workdir}"
+        f"jaxforget: method={cfg.method.name} model={cfg.model.name}{source} ({h}x{w} -> "
+        f"{cfg.model.embedding_size}-d, RGB (x - {family.pixel_mean:g}) / {family.pixel_std:g}) "
+        f"data={cfg.data.name}; writing to {workdir}"
     )
     seeds = tuple(int(s) for s in cfg.seeds)
     if not seeds:
@@ -330,6 +349,7 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     source = build_source(cfg, tuple(bundle.input_size))
     split = make_or_load_split(cfg, source, workdir)
     batches = fit_batches(cfg, source, split)
+    variables = restore_folded_batchnorms(cfg, bundle, variables, source, split)
     distractors = None
     names = eval_sets.needed_sets(tuple(cfg.evals), eval_sets.set_builders(cfg))
     if "distractors" in names:
@@ -397,15 +417,17 @@ def run_one(cfg, workdir: pathlib.Path) -> dict:
     }
     # The model first: a later failure (the t-SNE figure, say) must not lose it.
     out_dir = workdir / "unlearned_model"
+    io = loading.onnx_io(cfg.model.init)  # an ONNX model in keeps its input / output names out
     checkpoint.save_variables(
         out_dir,
         variables1,
-        {"model": bundle.config(), "method": m.name, "forgotten": meta["forget_identities"]},
+        {"model": bundle.config(), "method": m.name, "forgotten": meta["forget_identities"],
+         **({"onnx_io": io} if io else {})},
     )
     if cfg.export_torch and shd.is_primary():
         loading.save_torch_backbone(bundle, variables1, workdir / "unlearned_backbone.pth")
     if cfg.get("export_onnx") and shd.is_primary():
-        onnx_export.save_onnx_backbone(bundle, variables1, workdir / "unlearned_backbone.onnx")
+        onnx_export.save_onnx_backbone(bundle, variables1, workdir / "unlearned_backbone.onnx", **io)
     results["meta"] = meta
     if not shd.is_primary():
         return results

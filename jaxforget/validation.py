@@ -25,6 +25,7 @@ from jaxforget.eval.sets import (
     set_builders,
 )
 from jaxforget.models import loading
+from jaxforget.models.folded_bn import FOLDED_BN_MODES
 
 
 def require_path(value: str, field: str, data_name: str) -> str:
@@ -74,6 +75,9 @@ def validate(cfg):
             " by tools/convert_insightface.py, an InsightFace .pth or .onnx or a MobileFaceNet"
             " .ckpt (or leave it empty for random weights / config.pretrain)."
         )
+    if cfg.model.get("folded_bn", "recalibrate") not in FOLDED_BN_MODES:
+        raise UserError(f"model.folded_bn={cfg.model.folded_bn!r}: use one of "
+                        f"{', '.join(repr(m) for m in FOLDED_BN_MODES)}")
     if cfg.get("export_onnx") and importlib.util.find_spec("onnx") is None:  # used at the run's end
         raise UserError("export_onnx=True needs the optional package onnx: pip install "
                         "'jaxforget[onnx]', or drop --config.export_onnx.")

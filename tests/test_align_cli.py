@@ -1,9 +1,10 @@
 """``python -m jaxforget.align``: raw CelebA-wild photos in, crops that the real MobileFaceNet
 matches to the reference crops out; bad input ends with one line, never a traceback.
 
-The real-photo tests need the ``align`` extra (dlib) and ../shared (skipped with the reason
-otherwise). The reference is ``celeba_wild/raw_reference_112/`` (the same dlib procedure on the
-full-size photos) and ``raw_sample/landmarks_5pt.txt``.
+The real-photo tests need the ``align`` extra (dlib) or, for ``--detector=scrfd``, the ``onnx``
+extra and the buffalo_s pack, and ../shared (skipped with the reason otherwise). The reference is
+``celeba_wild/raw_reference_112/`` (the same dlib procedure on the full-size photos) and
+``raw_sample/landmarks_5pt.txt``.
 """
 
 import json
@@ -165,3 +166,62 @@ def test_whole_raw_sample(need_dlib, shared, mobilefacenet, tmp_path, capsys):
     assert report["counts"]["images"] == len(ref_marks) and report["counts"]["unreadable"] == 0
     assert np.median(e) < FEW_PIXELS
     assert np.mean(nearest == np.arange(len(keys))) >= 0.95 and np.all(person[nearest] == person)
+
+
+# -- --detector=scrfd ----------------------------------------------------------------------------
+def test_scrfd_flags_are_checked_and_a_missing_model_names_its_flag(tmp_path, capsys):
+    (tmp_path / "in" / "p").mkdir(parents=True)
+    Image.new("RGB", (64, 64)).save(tmp_path / "in" / "p" / "1.png")
+    args = cli.parse_args(["a", "b", "--detector=scrfd"])
+    assert args.detect_size == 640 and cli.parse_args(["a", "b"]).detect_size == 700
+    for bad, says in ((["--detector=scrfd", "--no-cnn"], "--no-cnn is for --detector=dlib"),
+                      (["--detector-model=x.onnx"], "--detector-model is for --detector=scrfd"),
+                      (["--detector=scrfd", "--detect-size=650"], "multiple of 32")):
+        with pytest.raises(SystemExit) as e:
+            cli.parse_args(["a", "b", *bad])
+        assert e.value.code == 2 and says in capsys.readouterr().err
+    rc, _, err = _run(capsys, tmp_path / "in", tmp_path / "out", "--detector=scrfd",
+                      f"--detector-model={tmp_path / 'gone.onnx'}")
+    line = _error_line(err)
+    assert rc == 2 and line.startswith(f"error: --detector-model {tmp_path / 'gone.onnx'}: file not found"), line
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.real_data
+def test_scrfd_raw_photos_to_crops(shared, tmp_path, capsys):
+    """Three photos (one with two faces) of two people through --detector=scrfd: crops near the
+    reference ones, a report that names the detector and its files, resuming, and refused other settings."""
+    pytest.importorskip("onnxruntime", reason="needs the 'onnx' extra: pip install 'jaxforget[onnx]'")
+    raw = shared("data", "celeba_wild", "raw_sample")
+    pack = shared("weights", "insightface_buffalo_s")
+    ref_marks = align_photos.read_landmarks(raw / "landmarks_5pt.txt")
+    good = ["7203/049668.jpg", "7203/" + sorted(p.name for p in (raw / "7203").iterdir())[0],
+            "7210/" + sorted(p.name for p in (raw / "7210").iterdir())[0]]
+    for key in good:
+        (tmp_path / "photos" / key).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(raw / key, tmp_path / "photos" / key)
+    argv = [tmp_path / "photos", tmp_path / "crops", "--size", "112x96", "--detector=scrfd",
+            f"--detector-model={pack / 'scrfd_500m_bnkps.onnx'}", f"--descriptor-model={pack / 'w600k_mbf.onnx'}"]
+    rc, stdout, err = _run(capsys, *argv)
+    assert rc == 0, err
+    assert "aligned 3 of 3 photos of 2 people" in stdout and "several 1 (1 closest" in stdout, stdout
+    report = json.loads((tmp_path / "crops" / "report.json").read_text())
+    settings = report["settings"]
+    assert settings["detector"] == "scrfd" and settings["detect_size"] == 640
+    assert (settings["score_threshold"], settings["nms_threshold"]) == (0.5, 0.4)
+    assert settings["model_sha256"].startswith("a3562ef6") and settings["descriptor_sha256"].startswith("9cc6e4a7")
+    rows = {r["image"]: r for r in report["images"]}
+    assert rows["7203/049668.jpg"]["status"] == "several" and rows["7203/049668.jpg"]["chosen"] == "closest"
+    assert all(r["detector"] == "scrfd" and r["score"] >= 0.5 for r in rows.values())
+    mine = align_photos.read_landmarks(tmp_path / "crops" / align_photos.LANDMARKS_FILE)
+    assert sorted(mine) == sorted(good)
+    for key in good:  # the labelled face, near the reference points (SCRFD's own points)
+        ref = ref_marks[key]
+        assert np.linalg.norm(mine[key] - ref, axis=1).mean() < 0.15 * np.linalg.norm(ref[0] - ref[1]), key
+        assert Image.open(tmp_path / "crops" / key).size == (96, 112)
+
+    rc, stdout2, _ = _run(capsys, *argv)  # resumes: nothing to do, the same report
+    assert rc == 0 and stdout2 == stdout
+    assert json.loads((tmp_path / "crops" / "report.json").read_text()) == report
+    rc, _, err = _run(capsys, *argv, "--detect-size=320")  # other settings: refused, one line
+    assert rc == 2 and "made with detect_size=640, this run asks detect_size=320" in _error_line(err)

@@ -1,8 +1,10 @@
-"""dlib detection: five points from 68, the labelled face among several, real CelebA-wild photos.
+"""dlib and SCRFD detection: five points, the labelled face among several, real CelebA-wild photos.
 
 The real-photo tests compare with ``celeba_wild/raw_sample/landmarks_5pt.txt`` (the same dlib
 procedure run on the full-size photos): the issue asks for landmarks "within a few pixels". They
-need the ``align`` extra (dlib) and ../shared, and skip with the reason otherwise.
+need the ``align`` extra (dlib) or the ``onnx`` extra and the buffalo_s pack (SCRFD) and ../shared,
+and skip with the reason otherwise. SCRFD's points are its own (trained on other annotations than
+dlib's 68), so they are held to a bound in inter-ocular distances rather than pixels.
 """
 
 import sys
@@ -28,6 +30,13 @@ def detector():
         return detect.FaceDetector()
     except detect.DetectorUnavailableError as e:
         pytest.skip(str(e))
+
+
+@pytest.fixture
+def scrfd_detector(shared):
+    pytest.importorskip("onnxruntime", reason="needs the 'onnx' extra: pip install 'jaxforget[onnx]'")
+    return detect.make_detector("scrfd", model=shared("weights", "insightface_buffalo_s", "scrfd_500m_bnkps.onnx"),
+                                descriptor_model=shared("weights", "insightface_buffalo_s", "w600k_mbf.onnx"))
 
 
 @pytest.fixture
@@ -92,9 +101,12 @@ def test_large_photo_is_detected_downscaled_and_mapped_back(detector, sample):
     assert _error(best.landmarks, (ref[key] + 0.5) * 3 - 0.5) < 3 * FEW_PIXELS
 
 
-def test_several_faces_give_the_labelled_person_not_the_largest(detector, sample):
-    """A composite of a small photo of 7203 beside a large photo of 7210: the descriptor picks the
-    7203 face (compared with the mean over other 7203 photos), though it is the smaller one."""
+@pytest.mark.parametrize("name", ["detector", "scrfd_detector"])
+def test_several_faces_give_the_labelled_person_not_the_largest(name, sample, request):
+    """A composite of a small photo of 7203 beside a large photo of 7210: the descriptor (dlib's,
+    or for SCRFD the recognition model's) picks the 7203 face (compared with the mean over other
+    7203 photos), though it is the smaller one."""
+    detector = request.getfixturevalue(name)
     root, ref = sample
     own = sorted(k for k in ref if k.startswith("7203/") and k != "7203/049668.jpg")
     refs = [f for k in own[:6] for f in detector.detect(align_photos.load_photo(root / k), chips=True)[:1]]
@@ -107,11 +119,79 @@ def test_several_faces_give_the_labelled_person_not_the_largest(detector, sample
     canvas.paste(small, (large.width, 0))
     faces = detector.detect(canvas, chips=True)
     assert len(faces) == 2 and faces[0].box[0] < large.width <= faces[1].box[0]  # largest first: 7210's
-    i, dist = detect.choose_face(detector.descriptors(faces), mean, [f.area for f in faces])
-    assert i == 1 and dist < np.linalg.norm(detector.descriptors(faces[:1])[0] - mean)
+    descs = detector.descriptors(faces)
+    i, dist = detect.choose_face(descs, mean, [f.area for f in faces])
+    assert i == 1 and dist < np.linalg.norm(descs[0] - mean)
 
 
 def test_faceless_and_tiny_images_give_no_face(detector):
     noise = np.random.default_rng(0).integers(0, 255, (160, 200, 3), dtype=np.uint8)
     assert detector.detect(noise) == []
     assert detector.detect(np.zeros((1, 1, 3), np.uint8)) == []
+
+
+# -- SCRFD (InsightFace's detector, onnxruntime) -------------------------------------------------
+SCRFD_ERROR = 0.08  # median keypoint error / inter-ocular distance vs the dlib-made reference
+
+
+def _iod_error(a, ref):
+    return _error(a, ref) / float(np.linalg.norm(np.asarray(ref[0]) - ref[1]))
+
+
+def test_scrfd_keypoints_on_real_photos(scrfd_detector, sample):
+    """Ten photos of 7203 (the two-face one among them): a face in each, its five points near the
+    reference's (left and right, nose and mouth in the template's order), boxes around them."""
+    root, ref = sample
+    keys = sorted(k for k in ref if k.startswith("7203/"))[:10]
+    assert "7203/049668.jpg" in keys
+    errors = []
+    for key in keys:
+        faces = scrfd_detector.detect(align_photos.load_photo(root / key))
+        assert faces and all(f.detector == "scrfd" and f.score >= 0.5 for f in faces), key
+        best = min(faces, key=lambda f: _iod_error(f.landmarks, ref[key]))
+        errors.append(_iod_error(best.landmarks, ref[key]))
+        left, top, right, bottom = best.box
+        assert np.all((best.landmarks >= [left, top]) & (best.landmarks <= [right, bottom])), key
+    assert np.median(errors) < SCRFD_ERROR and max(errors) < 2 * SCRFD_ERROR, errors
+
+
+def test_scrfd_large_photo_maps_back_to_its_pixels(scrfd_detector, sample):
+    root, ref = sample
+    key = sorted(k for k in ref if k.startswith("7206/"))[0]
+    photo = align_photos.load_photo(root / key)
+    big = photo.resize((photo.width * 3, photo.height * 3), Image.Resampling.BICUBIC)
+    faces = scrfd_detector.detect(big)
+    assert faces and _iod_error(faces[0].landmarks, (ref[key] + 0.5) * 3 - 0.5) < SCRFD_ERROR
+
+
+def test_scrfd_descriptors_are_unit_embeddings_and_tiny_images_have_no_face(scrfd_detector, sample):
+    root, ref = sample
+    faces = scrfd_detector.detect(align_photos.load_photo(root / "7203/049668.jpg"), chips=True)
+    assert len(faces) == 2 and faces[0].chip.shape == (112, 112, 3)
+    descs = scrfd_detector.descriptors(faces)
+    assert descs.shape == (2, 512) and np.allclose(np.linalg.norm(descs, axis=1), 1)
+    with pytest.raises(ValueError, match="chips=True"):
+        scrfd_detector.descriptors(scrfd_detector.detect(align_photos.load_photo(root / "7203/049668.jpg")))
+    assert scrfd_detector.detect(np.zeros((1, 1, 3), np.uint8)) == []
+
+
+def test_scrfd_refuses_missing_and_wrong_files(tmp_path, shared):
+    pytest.importorskip("onnxruntime", reason="needs the 'onnx' extra: pip install 'jaxforget[onnx]'")
+    pack = shared("weights", "insightface_buffalo_s")
+    with pytest.raises(detect.DetectorFileError, match="file not found; give InsightFace's SCRFD") as e:
+        detect.make_detector("scrfd", model=tmp_path / "none.onnx", descriptor_model=pack / "w600k_mbf.onnx")
+    assert e.value.option == "model"
+    with pytest.raises(detect.DetectorFileError, match="1 inputs and 1 outputs, not SCRFD's 1 and 9"):
+        detect.make_detector("scrfd", model=pack / "w600k_mbf.onnx", descriptor_model=pack / "w600k_mbf.onnx")
+    (tmp_path / "text.onnx").write_text("not a model")
+    with pytest.raises(detect.DetectorFileError, match="not an ONNX model onnxruntime can run") as e:
+        detect.make_detector("scrfd", model=pack / "scrfd_500m_bnkps.onnx", descriptor_model=tmp_path / "text.onnx")
+    assert e.value.option == "descriptor_model"
+    with pytest.raises(ValueError, match="multiple of 32"):
+        detect.make_detector("scrfd", detect_size=650)
+
+
+def test_make_detector_names_the_detectors():
+    with pytest.raises(ValueError, match="detector 'mtcnn': unknown; choose one of dlib, scrfd"):
+        detect.make_detector("mtcnn")
+    assert set(detect.DETECTORS) == {"dlib", "scrfd"} and detect.DEFAULT_DETECTOR == "dlib"

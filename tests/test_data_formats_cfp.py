@@ -82,4 +82,5 @@ def test_shared_cfp_folds(shared, protocol):
     assert set(pairs.first) | set(pairs.second) <= set(src.image_ids)
     listed = (root / "landmarks_5pt.txt").read_text().splitlines()[1:]
     assert src.num_without_landmarks == len(src) - len(listed)
-    assert set(src.poses[np.isnan(src.landmarks[:, 0, 0])]) == {"profile"}
+    # The SCRFD table has every image (7,000 rows); the older dlib table missed only profiles.
+    assert set(src.poses[np.isnan(src.landmarks[:, 0, 0])]) <= {"profile"}

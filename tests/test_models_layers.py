@@ -20,18 +20,21 @@ def test_prelu_per_channel_slope():
     np.testing.assert_allclose(y, [[-1.0, 3.0, -2.0]])
 
 
-@pytest.mark.parametrize("kernel,stride,padding,size", [(3, 1, 1, (9, 7)), (3, 2, 1, (9, 8)),
-                                                        ((4, 3), 1, 0, (4, 3))])
-def test_depthwise_conv_matches_grouped_conv(kernel, stride, padding, size):
-    """The shifted-product depthwise layer is nn.Conv(feature_group_count=C): same parameter,
-    same output and gradients (the last case is MobileFaceNet's global depthwise conv)."""
-    from jaxforget.models.layers import DepthwiseConv, conv, grouped_depthwise
+@pytest.mark.parametrize("kernel,stride,padding,size,groups", [
+    (3, 1, 1, (9, 7), 6), (3, 2, 1, (9, 8), 6), ((4, 3), 1, 0, (4, 3), 6),  # depthwise
+    (3, 1, 1, (9, 7), 3), (3, 2, 1, (8, 9), 2)])  # two / three channels a group (mbf's layers.1)
+def test_shifted_product_convs_match_grouped_conv(kernel, stride, padding, size, groups):
+    """The shifted-product depthwise and grouped layers are nn.Conv(feature_group_count=g):
+    same parameter, same output and gradients (the third case is MobileFaceNet's global
+    depthwise conv)."""
+    from jaxforget.models.layers import DepthwiseConv, GroupedConv, conv, grouped_depthwise
 
     channels = 6
-    ours = conv(channels, kernel, stride, padding, groups=channels, dtype=jnp.float32, name="c")
+    ours = conv(channels, kernel, stride, padding, groups=groups, dtype=jnp.float32, name="c")
     with grouped_depthwise():
-        ref = conv(channels, kernel, stride, padding, groups=channels, dtype=jnp.float32, name="c")
-    assert isinstance(ours, DepthwiseConv) and not isinstance(ref, DepthwiseConv)
+        ref = conv(channels, kernel, stride, padding, groups=groups, dtype=jnp.float32, name="c")
+    assert isinstance(ours, DepthwiseConv if groups == channels else GroupedConv)
+    assert not isinstance(ref, (DepthwiseConv, GroupedConv))
     x = jax.random.normal(jax.random.PRNGKey(1), (2, *size, channels))
     params = ref.init(jax.random.PRNGKey(0), x)
     params_ours = ours.init(jax.random.PRNGKey(0), x)

@@ -22,7 +22,14 @@ from jaxforget.models import build_model, init_variables, load_pretrained, save_
 from jaxforget.models.loading import ModelConfigError, model_config  # noqa: E402
 from jaxforget.models.iresnet import IRESNET_STAGES  # noqa: E402
 from jaxforget.models.torch_layout import CheckpointMismatchError, flat_items  # noqa: E402
-from jaxforget.testing.torch_reference import TorchIResNet, TorchMobileFaceNet, randomize, torch_forward  # noqa: E402
+from jaxforget.testing.torch_reference import (  # noqa: E402
+    TorchIResNet,
+    TorchMbf,
+    TorchMobileFaceNet,
+    calibrate,
+    randomize,
+    torch_forward,
+)
 from jaxforget.testing.variables import random_variables, rel_error  # noqa: E402
 
 torch.set_num_threads(2)
@@ -82,6 +89,32 @@ def test_mobilefacenet_parity(tmp_path):
     err = rel_error(flax_forward(bundle, variables, x), torch_forward(model, x))
     print(f"\nparity mobilefacenet (112x96, fp32): relative error {err:.2e}")
     assert err <= REL_TOL
+
+
+def test_mbf_pth_both_ways(tmp_path):
+    """arcface_torch's mbf (width 0.25, 64x64): a .pth in gives PyTorch's embeddings; written back,
+    PyTorch loads it strictly (same keys in the same order) and it reads back bit for bit."""
+    x = np.random.default_rng(4).normal(size=(3, 64, 64, 3)).astype(np.float32)
+    model = calibrate(randomize(TorchMbf(0.25, 32, (64, 64)), seed=4), x)
+    path = tmp_path / "mbf.pth"
+    torch.save(model.state_dict(), path)
+    bundle, variables = load_pretrained({"name": "auto", "init": str(path)})
+    assert (bundle.name, bundle.input_size, bundle.embedding_size, bundle.module.width_mult) == \
+        ("mbf", (64, 64), 32, 0.25)
+    err = rel_error(flax_forward(bundle, variables, x), torch_forward(model, x))
+    print(f"\nparity mbf (width 0.25, 64x64, fp32): relative error {err:.2e}")
+    assert err <= REL_TOL
+
+    back_path = tmp_path / "back.pth"
+    save_torch_backbone(bundle, variables, back_path)
+    loaded = torch.load(back_path, weights_only=True)
+    assert list(loaded) == list(model.state_dict())
+    fresh = TorchMbf(0.25, 32, (64, 64)).eval()
+    fresh.load_state_dict(loaded, strict=True)
+    assert rel_error(torch_forward(fresh, x), torch_forward(model, x)) == 0
+    _, back = load_pretrained({"name": "auto", "init": str(back_path)})
+    for k, v in flat_items(jax.device_get(variables)):
+        np.testing.assert_array_equal(np.asarray(v), dict(flat_items(back))[k], err_msg="/".join(k))
 
 
 # ------------------------------------------------------------------------------------------------

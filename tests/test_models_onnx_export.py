@@ -110,3 +110,63 @@ def test_mobilefacenet_export(tmp_path):
     stem = ("params", "conv1", "conv", "kernel")  # x 127.5/128 on writing, x 128/127.5 on reading
     np.testing.assert_allclose(dict(flat_items(again))[stem], dict(flat_items(variables))[stem], rtol=2e-7, atol=0)
     assert_same_variables(*({k: v for k, v in flat_items(t) if k != stem} for t in (variables, again)))
+
+
+def _insightface_loader(path):
+    """InsightFace's own recognition loader (the `insightface` package, a test extra) on ``path``."""
+    arcface_onnx = pytest.importorskip("insightface.model_zoo.arcface_onnx",
+                                       reason="needs the insightface package (pip install -e '.[test]')")
+    model = arcface_onnx.ArcFaceONNX(model_file=str(path))
+    model.prepare(ctx_id=-1)
+    return model
+
+
+def _loader_view(model) -> tuple:
+    """What ArcFaceONNX read from a file: normalisation, input name and shape, outputs."""
+    return (model.input_mean, model.input_std, model.input_name, tuple(model.input_shape[1:]), len(model.output_names),
+            model.output_names[0])
+
+
+def test_mbf_export_runs_in_insightface_like_jax(tmp_path):
+    """A small mbf written as ONNX: InsightFace's ArcFaceONNX loads it with (x - 127.5) / 127.5 and
+    its get_feat (BGR images in, batch of 3) gives the JAX model's embeddings."""
+    size = (64, 64)
+    _, bundle, variables = trained_like(ref.randomize(ref.TorchMbf(0.25, 32, size), 3), size, tmp_path, "mbf")
+    path = onnx_export.save_onnx_backbone(bundle, variables, tmp_path / "mbf.onnx")
+    loader = _insightface_loader(path)
+    assert _loader_view(loader)[:5] == (127.5, 127.5, "data", (3, 64, 64), 1)
+    x = images(3, size, seed=5)
+    theirs = np.asarray(loader.get_feat(list(x[..., ::-1])), np.float64)  # cv2 images are BGR
+    ours = np.asarray(jax.jit(lambda v, i: bundle.module.apply(v, bundle.normalize(i)))(variables, x), np.float64)
+    assert float(np.abs(theirs - ours).max()) <= TOL
+
+
+@pytest.mark.real_data
+def test_zoo_model_export_is_a_drop_in_under_insightface(shared, tmp_path):
+    """w600k_mbf.onnx in, ONNX out (as export_onnx=True writes it): InsightFace's loader reads the
+    export exactly as it reads the original (same normalisation, input name and layout, one output,
+    here under the original's output name) and runs it with a batch of several real faces, giving
+    the original's embeddings and the JAX model's within 1e-4."""
+    from PIL import Image
+
+    from jaxforget.models import loading
+
+    zoo = shared("weights", "insightface_buffalo_s", "w600k_mbf.onnx")
+    root = shared("data", "celeba_wild", "aligned_112")
+    faces = np.stack([np.asarray(Image.open(p).convert("RGB"))
+                      for person in sorted(root.iterdir())[:3] for p in sorted(person.iterdir())[:2]])
+    bundle, variables = load_pretrained({"init": str(zoo)})
+    names = loading.onnx_io(zoo)
+    assert names == {"input_name": "input.1", "output_name": "516"}
+    path = onnx_export.save_onnx_backbone(bundle, variables, tmp_path / "unlearned_backbone.onnx", **names)
+    original, exported = _insightface_loader(zoo), _insightface_loader(path)
+    assert _loader_view(exported) == _loader_view(original) == (127.5, 127.5, "input.1", (3, 112, 112), 1, "516")
+    assert isinstance(exported.input_shape[0], str)  # a dynamic batch dimension
+    bgr = list(faces[..., ::-1])
+    theirs, before = (np.asarray(m.get_feat(bgr), np.float64) for m in (exported, original))
+    ours = np.asarray(jax.jit(lambda v, i: bundle.module.apply(v, bundle.normalize(i)))(variables, faces), np.float64)
+    unit = lambda e: e / np.linalg.norm(e, axis=1, keepdims=True)  # noqa: E731
+    gaps = {"export_vs_jax": float(np.abs(unit(theirs) - unit(ours)).max()),
+            "export_vs_original": float(np.abs(unit(theirs) - unit(before)).max())}
+    print(f"\nw600k_mbf export under insightface's ArcFaceONNX, {len(faces)} faces: {gaps}")
+    assert max(gaps.values()) <= TOL

@@ -30,6 +30,7 @@ from jaxforget.models.layers import BN_EPSILON, batch_norm  # noqa: E402
 from jaxforget.models.torch_layout import CheckpointMismatchError  # noqa: E402
 from jaxforget.testing.torch_reference import (  # noqa: E402
     TorchIResNet,
+    TorchMbf,
     TorchMobileFaceNet,
     calibrate,
     export_onnx_like_arcface_torch,
@@ -207,6 +208,43 @@ def test_mobilefacenet_export_reads(tmp_path):
     dynamic = onnx_layout.onnx_state_dict(tmp_path / "dyn.onnx")
     for key, value in onnx_layout.onnx_state_dict(tmp_path / "mfn.onnx").items():
         np.testing.assert_array_equal(dynamic[key], value, err_msg=key)
+
+
+def test_mbf_export_reads_like_pytorch(tmp_path):
+    """arcface_torch's mbf (width 0.25, 64x64) exported with its BatchNorms folded: read as the mbf
+    family, it gives PyTorch's embeddings, and written back onnxruntime gives the original's."""
+    size = (64, 64)
+    x = images(3, size, seed=8)
+    model = calibrate(randomize(TorchMbf(0.25, 32, size), 8), insightface_input(images(6, size, 9)))
+    export_onnx_like_arcface_torch(model, tmp_path / "mbf.onnx", size)
+    folded = onnx_format.read_onnx(tmp_path / "mbf.onnx")
+    assert [n.op_type for n in folded.nodes].count("BatchNormalization") == 1  # only `features` is left
+    bundle, variables = load_pretrained({"init": str(tmp_path / "mbf.onnx")})
+    assert (bundle.name, bundle.input_size, bundle.embedding_size, bundle.module.width_mult) == ("mbf", size, 32, 0.25)
+    ours, theirs = flax_embed(bundle, variables, x), torch_forward(model, insightface_input(x))
+    assert max_abs(ours, theirs) <= TOL and max_abs(ours, theirs, normalise=True) <= TOL
+    blob = onnx_export.insightface_blob(x)
+    (original,) = onnx_format.run_onnx(tmp_path / "mbf.onnx", blob, batch_size=1)
+    (written,) = onnx_format.run_onnx(onnx_export.onnx_model(bundle, variables), blob)
+    assert max_abs(written, original) <= TOL
+
+
+@pytest.mark.real_data
+def test_insightface_w600k_mbf_loads_with_onnxruntime_embeddings(shared):
+    """The zoo's own w600k_mbf.onnx (buffalo_s) on real aligned CelebA faces: architecture, sizes
+    and normalisation read from the graph; embeddings as onnxruntime runs the file."""
+    zoo = shared("weights", "insightface_buffalo_s", "w600k_mbf.onnx")
+    root = shared("data", "celeba_wild", "aligned_112")
+    from PIL import Image
+
+    files = sorted(p for person in sorted(root.iterdir())[:4] for p in sorted(person.iterdir())[:2])
+    faces = np.stack([np.asarray(Image.open(f).convert("RGB")) for f in files])
+    bundle, variables = load_pretrained({"name": "auto", "init": str(zoo)})
+    assert (bundle.name, bundle.input_size, bundle.embedding_size) == ("mbf", (112, 112), 512)
+    assert (bundle.pixel_mean, bundle.pixel_std) == (127.5, 127.5)
+    parity = onnx_export.onnx_parity(bundle, variables, zoo, faces)
+    print(f"\nw600k_mbf.onnx, JAX vs onnxruntime on {len(faces)} CelebA-wild faces: {parity}")
+    assert parity["max_abs_normalized"] <= TOL and parity["max_abs_raw"] <= TOL * parity["max_abs_embedding"]
 
 
 def test_graphs_that_are_not_face_models_name_the_file(tmp_path, exported):

@@ -244,3 +244,65 @@ def test_cli_missing_data_is_a_one_line_error(tmp_path):
         capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert r.returncode == 2
     assert "error: data.root=" in r.stderr and "Traceback" not in r.stderr
+
+
+def _zoo_like_onnx(path: pathlib.Path) -> pathlib.Path:
+    """A tiny arcface_torch mbf exported the way the zoo files were (BatchNorms folded), with the
+    zoo file's generic tensor names for its input and output (``input.1`` / ``516``)."""
+    torch = pytest.importorskip("torch")
+    onnx = pytest.importorskip("onnx")
+    from jaxforget.testing import torch_reference as ref
+
+    torch.manual_seed(0)
+    model = ref.calibrate(ref.randomize(ref.TorchMbf(0.125, 16, (16, 16)), 3),
+                          np.random.default_rng(0).normal(size=(16, 16, 16, 3)).astype(np.float32))
+    ref.export_onnx_like_arcface_torch(model, path, (16, 16))
+    graph = onnx.load(str(path))
+    renames = {graph.graph.input[0].name: "input.1", graph.graph.output[0].name: "516"}
+    for value in (*graph.graph.input, *graph.graph.output):
+        value.name = renames.get(value.name, value.name)
+    for node in graph.graph.node:
+        node.input[:] = [renames.get(t, t) for t in node.input]
+        node.output[:] = [renames.get(t, t) for t in node.output]
+    onnx.save(graph, str(path))
+    return path
+
+
+def test_zoo_onnx_model_in_recalibrated_and_a_drop_in_out(tmp_path, capsys):
+    """model.init = a folded ONNX graph: the run says what it read and re-creates the folded
+    BatchNorms from its train photos (the default); the export keeps the graph's input / output
+    names (the zoo file's replacement), also when made later from unlearned_model/. With
+    model.folded_bn='keep' and a train-mode recipe the run warns."""
+    init = _zoo_like_onnx(tmp_path / "w600k_like.onnx")
+    c = tiny_config()
+    c.cache_dir = str(tmp_path / "cache")
+    c.model.name, c.model.init = "auto", str(init)
+    c.model.width_mult = c.model.input_size = c.model.embedding_size = None
+    c.pretrain.steps = 0
+    c.export_onnx = True
+    experiment.run(c, tmp_path / "run")
+    err = capsys.readouterr().err
+    assert f"model=mbf read from {init} (16x16 -> 16-d, RGB (x - 127.5) / 127.5)" in err
+    folded = int(err.split("w600k_like.onnx: ")[1].split(" BatchNorms were folded")[0])
+    assert folded == sum(1 for n in onnx_export.onnx_format.read_onnx(init).nodes if n.op_type == "Conv")
+    assert "re-created them from the statistics of" in err
+    exported = onnx_export.io_names(tmp_path / "run" / "unlearned_backbone.onnx")
+    assert exported == {"input_name": "input.1", "output_name": "516"}
+    again = loading.export_onnx_checkpoint(tmp_path / "run" / "unlearned_model", tmp_path / "again.onnx")
+    assert onnx_export.io_names(tmp_path / "again.onnx") == exported
+    assert again["parity"]["max_abs_normalized"] <= 1e-4
+
+    keep = copy.deepcopy(validation_resolved(c))
+    keep.model.folded_bn = "keep"
+    bundle, variables = loading.load_pretrained(keep.model)
+    source = experiment.build_source(keep, tuple(bundle.input_size))
+    split = splits.Split.load(tmp_path / "run" / "split.json")
+    same = experiment.restore_folded_batchnorms(keep, bundle, variables, source, split)
+    assert same is variables
+    assert "WARNING: method.bn_mode='train' normalises them by batch statistics" in capsys.readouterr().err
+
+
+def validation_resolved(c):
+    from jaxforget import validation
+
+    return validation.validate(copy.deepcopy(c))

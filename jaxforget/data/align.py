@@ -12,6 +12,7 @@ other sizes are scaled from the 112x112 (or 112x96) template.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -171,6 +172,22 @@ def align_face(
     dst = template_for(output_size) if template is None else np.asarray(template, dtype=np.float64)
     m = similarity_transform(landmarks, dst)
     return warp_affine(image, m, output_size), m
+
+
+def crop_face(photo: Image.Image, landmarks: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """The face aligned to the template at ``size`` with :func:`align_face`.
+
+    When the face is more than twice the crop's size the photo is first shrunk by an integer
+    factor (box filter), so the bilinear warp does not alias.
+    """
+    landmarks = np.asarray(landmarks, np.float64)
+    m = similarity_transform(landmarks, template_for(size))
+    scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
+    factor = int(1.0 / scale) if scale > 0 else 1
+    if factor >= 2:
+        photo = photo.reduce(factor)
+        landmarks = (landmarks + 0.5) / factor - 0.5
+    return align_face(photo, landmarks, size)[0]
 
 
 def fixed_crop_box(image_size: Sequence[int], output_size: Sequence[int]) -> tuple[float, float, float, float]:

@@ -10,9 +10,12 @@ files directly in ``INPUT`` are ignored) gives
 * ``OUTPUT/report.json``: one row per photo -- ``found`` (one face), ``several`` (which face was
   taken and why), ``none`` (no face) or ``unreadable`` (the decoder's error) -- then the counts.
 
-A person is done in two passes: every photo is detected; then, if some photos hold several faces,
-the face taken is the one whose dlib descriptor is closest to the mean descriptor of the person's
-one-face photos (the largest face, noted in the report, when the person has no one-face photo).
+The detector is any :class:`~jaxforget.data.detect.Detector` (dlib's or SCRFD, made by name with
+:func:`~jaxforget.data.detect.make_detector`); its ``settings`` are the report's. A person is done
+in two passes: every photo is detected; then, if some photos hold several faces, the face taken is
+the one whose descriptor (the detector's: dlib's, or the recognition model's for SCRFD) is closest
+to the mean descriptor of the person's one-face photos (the largest face, noted in the report,
+when the person has no one-face photo).
 
 Resuming: the landmarks file and the report are rewritten after each person, so an interrupted
 run continues where it stopped when run again with the same input and settings (people whose
@@ -22,7 +25,6 @@ another input, or one that is not empty and has no report, is refused.
 
 from __future__ import annotations
 
-import math
 import os
 import pathlib
 from typing import Any, Callable, Mapping, Sequence
@@ -32,7 +34,8 @@ from PIL import Image
 
 from jaxforget import workdir
 from jaxforget.data import align as align_lib
-from jaxforget.data.detect import choose_face
+from jaxforget.data.align import crop_face
+from jaxforget.data.detect import Detector, choose_face
 from jaxforget.data.formats.files import IMAGE_EXTENSIONS
 from jaxforget.data.source import DataError, EmptyDatasetError, LandmarkError, MissingFileError
 
@@ -119,22 +122,6 @@ def load_photo(path: str | os.PathLike) -> Image.Image:
         return img.convert("RGB")
 
 
-def crop_face(photo: Image.Image, landmarks: np.ndarray, size: Sequence[int]) -> np.ndarray:
-    """The face aligned to the template at ``size`` with :func:`jaxforget.data.align.align_face`.
-
-    When the face is more than twice the crop's size the photo is first shrunk by an integer
-    factor (box filter), so the bilinear warp does not alias.
-    """
-    landmarks = np.asarray(landmarks, np.float64)
-    m = align_lib.similarity_transform(landmarks, align_lib.template_for(size))
-    scale = math.sqrt(abs(np.linalg.det(m[:, :2])))
-    factor = int(1.0 / scale) if scale > 0 else 1
-    if factor >= 2:
-        photo = photo.reduce(factor)
-        landmarks = (landmarks + 0.5) / factor - 0.5
-    return align_lib.align_face(photo, landmarks, size)[0]
-
-
 def _save(path: pathlib.Path, image: np.ndarray) -> None:
     jpeg = path.suffix.lower() in (".jpg", ".jpeg")
     workdir.write_atomic(path, lambda tmp: Image.fromarray(image).save(tmp, **({"quality": 95} if jpeg else {})))
@@ -144,7 +131,7 @@ def _save(path: pathlib.Path, image: np.ndarray) -> None:
 # The run
 # --------------------------------------------------------------------------------------------
 def _align_person(person: str, files: Sequence[str], root: pathlib.Path, out: pathlib.Path, size: tuple[int, int],
-                  detector: Any, progress: Callable[[int], None]) -> tuple[list[dict], dict[str, np.ndarray]]:
+                  detector: Detector, progress: Callable[[int], None]) -> tuple[list[dict], dict[str, np.ndarray]]:
     rows: list[dict[str, Any]] = []
     marks: dict[str, np.ndarray] = {}
     singles, several = [], []
@@ -165,7 +152,7 @@ def _align_person(person: str, files: Sequence[str], root: pathlib.Path, out: pa
         faces = detector.detect(photo, chips=True)
         row.update(faces=len(faces))
         if len(faces) == 1:
-            row.update(status="found", detector=faces[0].detector)
+            row.update(status="found", **_found_by(faces[0]))
             _save(out / rel, crop_face(photo, faces[0].landmarks, size))
             marks[rel] = faces[0].landmarks
             singles.append(faces[0])
@@ -180,7 +167,7 @@ def _align_person(person: str, files: Sequence[str], root: pathlib.Path, out: pa
         descs = detector.descriptors(faces) if reference is not None else None
         i, dist = choose_face(descs, reference, [f.area for f in faces])
         face = faces[i]
-        row.update(status="several", detector=face.detector)
+        row.update(status="several", **_found_by(face))
         if dist is None:
             row.update(chosen="largest", note=f"{person} has no one-face photo to compare with")
         else:
@@ -188,6 +175,12 @@ def _align_person(person: str, files: Sequence[str], root: pathlib.Path, out: pa
         _save(out / row["image"], crop_face(load_photo(root / row["image"]), face.landmarks, size))
         marks[row["image"]] = face.landmarks
     return rows, marks
+
+
+def _found_by(face: Any) -> dict[str, Any]:
+    """The report's fields of the face taken: which detector found it, and its score if it has one."""
+    score = getattr(face, "score", None)
+    return {"detector": face.detector, **({} if score is None else {"score": round(score, 4)})}
 
 
 def count(rows: Sequence[Mapping[str, Any]]) -> dict[str, int]:
@@ -232,13 +225,13 @@ def _previous(out: pathlib.Path, header: dict[str, Any]) -> tuple[list[dict], di
     return rows, marks
 
 
-def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, detector: Any,
+def align_folder(input_dir: str | os.PathLike, output_dir: str | os.PathLike, detector: Detector,
                  size: Sequence[int] = (112, 112), progress: Callable[[int], None] | None = None) -> dict[str, Any]:
     """Detects, aligns and writes every photo of ``input_dir``; returns the report (also written).
 
     Args:
-      detector: a :class:`~jaxforget.data.detect.FaceDetector` (or anything with its ``detect``,
-        ``descriptors`` and ``settings``).
+      detector: a :class:`~jaxforget.data.detect.Detector` (``detect.make_detector(name)``,
+        or anything with its ``detect``, ``descriptors`` and ``settings``).
       size: crop ``(height, width)``: 112x112 is InsightFace's template, 112x96 the SphereFace /
         MobileFaceNet one (the same with 8 columns dropped each side).
       progress: called with the number of photos handled, as they are.

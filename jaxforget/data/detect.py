@@ -1,11 +1,16 @@
-"""Face detection, five landmarks and face descriptors in raw photos, through dlib.
+"""Face detection, five landmarks and face descriptors in raw photos: dlib's, or InsightFace's SCRFD.
 
-dlib is an optional dependency (the ``align`` extra: ``pip install 'jaxforget[align]'``, i.e. the
-prebuilt ``dlib-bin`` wheel and ``face-recognition-models``, which ships the model files); it is
-imported here only, when a :class:`FaceDetector` is made, and its absence is a
-:class:`DetectorUnavailableError` naming the extra.
+Two detectors behind one interface (:class:`Detector`), picked by name with :func:`make_detector`
+(``DETECTORS``: ``dlib``, ``scrfd``); :mod:`jaxforget.data.align_photos` uses only the interface.
+Each returns :class:`Face` records (box, five points in the original photo's pixels, which
+detector found it) and descriptors that pick the labelled person among several faces
+(:func:`choose_face`).
 
-The procedure (the one the shared CelebA-wild crops were made with):
+``dlib`` (:class:`FaceDetector`): an optional dependency (the ``align`` extra: ``pip install
+'jaxforget[align]'``, i.e. the prebuilt ``dlib-bin`` wheel and ``face-recognition-models``, which
+ships the model files); imported here only, when a :class:`FaceDetector` is made, and its absence
+is a :class:`DetectorUnavailableError` naming the extra. The procedure (the one the shared
+CelebA-wild crops were made with):
 
 * the photo is downscaled to at most ``detect_size`` pixels on its long side for detection;
 * dlib's HOG detector at that scale, then upsampled once when it found nothing, then (``cnn=True``)
@@ -14,19 +19,32 @@ The procedure (the one the shared CelebA-wild crops were made with):
   points, the nose tip (point 30) and the mouth corners (48, 54), returned in the original photo's
   pixel coordinates (integer values at pixel centres, docs/FORMATS.md);
 * on request, dlib's ResNet descriptor (128-d, unit scale: same person below about 0.6) of the
-  150x150 face chip, used to pick the labelled person among several faces
-  (:func:`choose_face`).
+  150x150 face chip.
+
+``scrfd`` (:class:`ScrfdDetector`): the detector of InsightFace's model packs (``buffalo_s``'s
+``scrfd_500m_bnkps.onnx``) run with onnxruntime (the ``onnx`` extra), its outputs decoded as
+InsightFace decodes them (:mod:`jaxforget.data.scrfd`: a 640x640 letterbox, strides 8/16/32, two
+anchors per cell, score threshold 0.5, NMS at IoU 0.4); the five points are the network's. The
+descriptor is the pack's recognition model (``w600k_mbf.onnx``, 512-d, L2-normalised) on the
+112x112 crop aligned to the ArcFace template, so a photo with several faces gives the face the
+deployed model finds closest to the person's other photos. No file is downloaded: both paths are
+given (:data:`SCRFD_MODEL`, :data:`SCRFD_DESCRIPTOR` are where this project keeps them).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib.util
 import pathlib
-from typing import Any, Sequence
+from typing import Any, Protocol, Sequence
 
 import numpy as np
 from PIL import Image
+
+from jaxforget.data import scrfd
+from jaxforget.data.align import crop_face
+from jaxforget.io.onnx_format import OnnxUnavailableError, onnx_session
 
 #: Name of the pyproject extra that installs the detector.
 EXTRA = "align"
@@ -45,7 +63,19 @@ MIN_SIDE = 20
 
 
 class DetectorUnavailableError(ImportError):
-    """dlib or its model files are not installed."""
+    """dlib or its model files, or onnxruntime, are not installed."""
+
+
+class DetectorFileError(ValueError):
+    """A model file given to a detector is missing or is not the model it should be.
+
+    ``option`` is the detector's argument that named it (``'model'`` or ``'descriptor_model'``),
+    so that a command line can name its own flag.
+    """
+
+    def __init__(self, option: str, message: str):
+        super().__init__(message)
+        self.option = option
 
 
 def _import_dlib() -> Any:
@@ -88,8 +118,9 @@ class Face:
 
     box: tuple[float, float, float, float]  # left, top, right, bottom
     landmarks: np.ndarray  # (5, 2) x, y
-    detector: str  # 'hog', 'hog-upsampled' or 'cnn'
-    chip: np.ndarray | None = None  # dlib's 150x150 face chip (for the descriptor), when asked
+    detector: str  # 'hog', 'hog-upsampled' or 'cnn' (dlib), 'scrfd'
+    chip: np.ndarray | None = None  # the face chip the descriptor reads, when asked
+    score: float | None = None  # the detector's confidence, where it gives one (SCRFD)
 
     @property
     def area(self) -> float:
@@ -102,6 +133,28 @@ def _rescale(points: np.ndarray, factor: float) -> np.ndarray:
     return (np.asarray(points, np.float64) + 0.5) * factor - 0.5
 
 
+class Detector(Protocol):
+    """What :mod:`jaxforget.data.align_photos` needs of a detector."""
+
+    name: str
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """What decides the detections (written in a report; a resumed run must match it)."""
+
+    def detect(self, image: np.ndarray | Image.Image, chips: bool = False) -> list[Face]:
+        """Every face of an RGB image, largest first; ``chips=True`` keeps what
+        :meth:`descriptors` reads."""
+
+    def descriptors(self, faces: Sequence[Face]) -> np.ndarray:
+        """One descriptor row per face (detected with ``chips=True``); closer is more alike."""
+
+
+def _rgb(image: np.ndarray | Image.Image) -> Image.Image:
+    pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
+    return pil.convert("RGB")
+
+
 class FaceDetector:
     """dlib's detectors, 68-point shape predictor and descriptor network, loaded once.
 
@@ -110,6 +163,8 @@ class FaceDetector:
         on a CPU, but finds profile and tilted faces).
       detect_size: long side, in pixels, to which larger photos are downscaled for detection.
     """
+
+    name = "dlib"
 
     def __init__(self, cnn: bool = True, detect_size: int = 700):
         if int(detect_size) < 32:
@@ -126,7 +181,7 @@ class FaceDetector:
     @property
     def settings(self) -> dict[str, Any]:
         """What decides the detections (for a report and for resuming)."""
-        return {"detector": "hog+cnn" if self.cnn else "hog", "detect_size": self.detect_size}
+        return {"detector": self.name, "dlib_detectors": "hog+cnn" if self.cnn else "hog", "detect_size": self.detect_size}
 
     def detect(self, image: np.ndarray | Image.Image, chips: bool = False) -> list[Face]:
         """Every face in an RGB image (``uint8 (H, W, 3)`` or PIL), largest first (none in an
@@ -134,8 +189,7 @@ class FaceDetector:
 
         With ``chips=True`` each face carries dlib's 150x150 chip for :meth:`descriptors`.
         """
-        pil = image if isinstance(image, Image.Image) else Image.fromarray(np.asarray(image, np.uint8))
-        pil = pil.convert("RGB")
+        pil = _rgb(image)
         w, h = pil.size
         factor = max(w, h) / self.detect_size
         if factor > 1.0:
@@ -171,6 +225,127 @@ class FaceDetector:
             self._rec = self._dlib.face_recognition_model_v1(str(model_dir() / MODEL_FILES["descriptor"]))
         out = self._rec.compute_face_descriptor([np.ascontiguousarray(f.chip) for f in faces])
         return np.asarray([np.asarray(v, np.float64) for v in out])
+
+
+#: Where this project keeps InsightFace's ``buffalo_s`` pack (../shared/weights/insightface_buffalo_s,
+#: relative to the repository root): SCRFD's model and the recognition model it picks faces with.
+SCRFD_MODEL = "../shared/weights/insightface_buffalo_s/scrfd_500m_bnkps.onnx"
+SCRFD_DESCRIPTOR = "../shared/weights/insightface_buffalo_s/w600k_mbf.onnx"
+
+
+def _sha256(path: pathlib.Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _session(option: str, path: str | pathlib.Path, what: str) -> tuple[Any, str]:
+    """An onnxruntime session of ``path`` and the file's sha256; a missing or unreadable file is a
+    :class:`DetectorFileError` for ``option``."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise DetectorFileError(option, f"{path}: file not found; give {what}")
+    try:
+        return onnx_session(path), _sha256(path)
+    except OnnxUnavailableError as e:
+        raise DetectorUnavailableError(str(e)) from None
+    except Exception as e:  # noqa: BLE001 - onnxruntime's own errors for a file it cannot load
+        raise DetectorFileError(option, f"{path}: not an ONNX model onnxruntime can run "
+                                        f"({type(e).__name__}: {str(e).splitlines()[0][:120]}); give {what}") from None
+
+
+class ScrfdDetector:
+    """InsightFace's SCRFD detector with five keypoints, and a recognition model as descriptor.
+
+    Args:
+      model: SCRFD with keypoints as ONNX (``scrfd_500m_bnkps.onnx`` of the ``buffalo_s`` pack).
+      descriptor_model: an InsightFace recognition ONNX (``w600k_mbf.onnx``: input
+        ``(N, 3, 112, 112)`` RGB ``(x - 127.5) / 127.5``, one output) whose L2-normalised
+        embeddings of the aligned faces are the descriptors.
+      detect_size: side of the square network input (InsightFace's ``det_size``, default 640; a
+        multiple of 32).
+      score_threshold, nms_threshold: InsightFace's 0.5 and 0.4.
+    """
+
+    name = "scrfd"
+    _WHAT = {"model": "InsightFace's SCRFD detector with keypoints (scrfd_500m_bnkps.onnx of the buffalo_s pack)",
+             "descriptor_model": "an InsightFace recognition model (w600k_mbf.onnx of the buffalo_s pack)"}
+
+    def __init__(self, model: str | pathlib.Path = SCRFD_MODEL, descriptor_model: str | pathlib.Path = SCRFD_DESCRIPTOR,
+                 detect_size: int = scrfd.INPUT_SIZE, score_threshold: float = scrfd.SCORE_THRESHOLD,
+                 nms_threshold: float = scrfd.NMS_THRESHOLD):
+        if int(detect_size) < 32 or int(detect_size) % 32:
+            raise ValueError(f"SCRFD's detect_size must be a multiple of 32 (640 by default); got {detect_size}")
+        self.detect_size, self.score_threshold, self.nms_threshold = int(detect_size), float(score_threshold), float(nms_threshold)
+        self.model_path = pathlib.Path(model)
+        self._det, self._det_sha = _session("model", model, self._WHAT["model"])
+        self._det_input = self._det.get_inputs()[0].name
+        outputs = self._det.get_outputs()
+        if len(self._det.get_inputs()) != 1 or len(outputs) != 3 * len(scrfd.STRIDES):
+            raise DetectorFileError("model", f"{model}: {len(self._det.get_inputs())} inputs and {len(outputs)} outputs, "
+                                             f"not SCRFD's 1 and 9; give {self._WHAT['model']}")
+        self._rec, self._rec_sha = _session("descriptor_model", descriptor_model, self._WHAT["descriptor_model"])
+        shape = self._rec.get_inputs()[0].shape
+        if len(self._rec.get_inputs()) != 1 or len(self._rec.get_outputs()) != 1 or len(shape) != 4 or shape[1] != 3:
+            raise DetectorFileError("descriptor_model", f"{descriptor_model}: input {shape} and "
+                                    f"{len(self._rec.get_outputs())} outputs, not one (N, 3, H, W) input and one "
+                                    f"output; give {self._WHAT['descriptor_model']}")
+        self.chip_size = tuple(int(v) if isinstance(v, int) else 112 for v in shape[2:])
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        return {"detector": self.name, "detect_size": self.detect_size, "score_threshold": self.score_threshold,
+                "nms_threshold": self.nms_threshold, "model_sha256": self._det_sha,
+                "descriptor_sha256": self._rec_sha}
+
+    def detect(self, image: np.ndarray | Image.Image, chips: bool = False) -> list[Face]:
+        """Every face SCRFD finds in an RGB image (``uint8 (H, W, 3)`` or PIL), largest first.
+
+        With ``chips=True`` each face carries its crop aligned to the recognition model's input
+        (the ArcFace template) for :meth:`descriptors`.
+        """
+        pil = _rgb(image)
+        blob, det_scale = scrfd.letterbox(pil, self.detect_size)
+        outputs = self._det.run(None, {self._det_input: blob})
+        try:
+            boxes, scores, points = scrfd.decode(outputs, self.detect_size, det_scale, self.score_threshold,
+                                                 self.nms_threshold)
+        except ValueError as e:
+            raise DetectorFileError("model", f"{self.model_path}: {e}") from None
+        faces = [Face(tuple(float(v) for v in box), pts, self.name,
+                      crop_face(pil, pts, self.chip_size) if chips else None, float(score))
+                 for box, score, pts in zip(boxes, scores, points)]
+        faces.sort(key=lambda f: -f.area)
+        return faces
+
+    def descriptors(self, faces: Sequence[Face]) -> np.ndarray:
+        """L2-normalised embeddings ``(n, d)`` of faces detected with ``chips=True``."""
+        if not faces:
+            return np.zeros((0, self._rec.get_outputs()[0].shape[-1] or 0), np.float64)
+        if any(f.chip is None for f in faces):
+            raise ValueError("descriptors need faces detected with chips=True")
+        x = (np.stack([f.chip for f in faces]).astype(np.float32) - 127.5) / 127.5
+        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+        name = self._rec.get_inputs()[0].name  # one face a run: the zoo's graphs declare a batch of 1
+        emb = np.concatenate([self._rec.run(None, {name: x[i:i + 1]})[0] for i in range(len(x))])
+        emb = np.asarray(emb, np.float64).reshape(len(faces), -1)
+        return emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+
+
+#: The detectors by name (``python -m jaxforget.align --detector=NAME``); ``dlib`` is the default.
+DETECTORS = {"dlib": FaceDetector, "scrfd": ScrfdDetector}
+DEFAULT_DETECTOR = "dlib"
+
+
+def make_detector(name: str = DEFAULT_DETECTOR, **options: Any) -> Detector:
+    """The detector called ``name`` (a key of :data:`DETECTORS`), made with its own ``options``
+    (``cnn``, ``detect_size`` for dlib; ``model``, ``descriptor_model``, ``detect_size``,
+    ``score_threshold``, ``nms_threshold`` for SCRFD; left out, the detector's defaults)."""
+    if name not in DETECTORS:
+        raise ValueError(f"detector {name!r}: unknown; choose one of {', '.join(DETECTORS)}")
+    return DETECTORS[name](**options)
 
 
 def choose_face(descriptors: np.ndarray, reference: np.ndarray | None, areas: Sequence[float]) -> tuple[int, float | None]:

@@ -258,11 +258,7 @@ class FaceSource:
             img = _rgb(img)
             return _resize_box(img, box, (oh, ow))
         if self.fallback_geometry == "aligned112":
-            left, top, right, bottom = align_lib.aligned_crop_box((full_h, full_w), self.output_size)
-            img = _rgb(img)
-            if (right - left, bottom - top) == (ow, oh) and float(left).is_integer():
-                return np.asarray(img)[:, int(left) : int(left) + ow].copy()  # exact crop
-            return _resize_box(img, (left, top, right, bottom), (oh, ow))
+            return fit_aligned(img, self.output_size)
         if img.format == "JPEG" and (full_w >= 2 * ow and full_h >= 2 * oh):
             img.draft("RGB", (ow, oh))
         img = _rgb(img)
@@ -352,6 +348,21 @@ def check_declared_size(img: Image.Image) -> None:
             f"the image declares {w}x{h} pixels, over the limit of {MAX_IMAGE_PIXELS} (corrupt, or a "
             "decompression bomb)"
         )
+
+
+def fit_aligned(img: Image.Image, output_size: Sequence[int]) -> np.ndarray:
+    """An already aligned face (opened, not yet decoded) at ``output_size`` as uint8 RGB, by
+    :func:`jaxforget.data.align.aligned_crop_box`: a 112x112 crop for a 112x96 model keeps the
+    central 96 columns (an exact crop), a crop at the model's size is taken as it is, any other is
+    that box resized (bilinear)."""
+    oh, ow = as_size(output_size)
+    check_declared_size(img)
+    full_w, full_h = img.size
+    left, top, right, bottom = align_lib.aligned_crop_box((full_h, full_w), (oh, ow))
+    img = _rgb(img)
+    if (right - left, bottom - top) == (ow, oh) and float(left).is_integer():
+        return np.asarray(img)[:, int(left) : int(left) + ow].copy()  # exact crop
+    return _resize_box(img, (left, top, right, bottom), (oh, ow))
 
 
 def _rgb(img: Image.Image) -> Image.Image:

@@ -129,7 +129,18 @@ class Progress:
         rate = self.count / el if el > 0 else 0.0
         tot = f"/{self.total}" if self.total else ""
         end = " done" if done else ""
+        if self.total and not done:  # a bar, the percentage and the time left at the rate so far
+            frac = min(1.0, self.count / self.total)
+            left = f"ETA {_duration((self.total - self.count) / rate)}" if rate > 0 else "ETA ?"
+            end = f" |{'#' * round(20 * frac):<20}| {100 * frac:.0f}%, {left}"
         print(f"[{self.desc}] {self.count}{tot} images, {el:.1f}s, {rate:.1f} img/s{end}", file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    """``3725`` -> ``'1h02m05s'``, ``65`` -> ``'1m05s'``, ``4.2`` -> ``'4s'``."""
+    s = int(round(max(0.0, seconds)))
+    h, m = s // 3600, s // 60 % 60
+    return f"{h}h{m:02d}m{s % 60:02d}s" if h else f"{m}m{s % 60:02d}s" if m else f"{s}s"
 
 
 def make_embed_fn(

@@ -292,6 +292,30 @@ def save_onnx(model: Any, path: str | os.PathLike) -> pathlib.Path:
     return write_atomic(path, model.SerializeToString())
 
 
+def onnx_session(model: str | os.PathLike | bytes | Any, optimize: bool = True, *, threads: int | None = None,
+                 gpu: bool = False, quiet: bool = False) -> Any:
+    """An onnxruntime session of a model (a path, serialised bytes or a ``ModelProto``), to run it
+    many times: on the CPU, or on CUDA first when ``gpu`` and onnxruntime-gpu provides it.
+    ``optimize`` as in :func:`run_onnx`; ``threads`` fixes the intra-op threads (default:
+    onnxruntime's, one per core); ``quiet`` keeps onnxruntime's per-call warnings (e.g. a zoo file
+    declaring an output batch of 1) off the log."""
+    ort = _import("onnxruntime")
+    if not isinstance(model, (bytes, str, os.PathLike)):
+        model = model.SerializeToString()
+    options = ort.SessionOptions()
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    if threads:
+        options.intra_op_num_threads = int(threads)
+        options.inter_op_num_threads = 1
+    if quiet:
+        options.log_severity_level = 3
+    providers = ["CPUExecutionProvider"]
+    if gpu and "CUDAExecutionProvider" in ort.get_available_providers():
+        providers.insert(0, "CUDAExecutionProvider")
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), options, providers=providers)
+
+
 def run_onnx(model: str | os.PathLike | bytes | Any, inputs: Mapping[str, np.ndarray] | np.ndarray,
              optimize: bool = True, batch_size: int | None = None) -> list[np.ndarray]:
     """Runs a model (a path, serialised bytes or a ``ModelProto``) with onnxruntime on the CPU.
@@ -302,14 +326,7 @@ def run_onnx(model: str | os.PathLike | bytes | Any, inputs: Mapping[str, np.nda
     runs the inputs' leading axis in chunks of that size (1 for a graph exported with its batch
     fixed at 1) and concatenates the outputs.
     """
-    ort = _import("onnxruntime")
-    if not isinstance(model, (bytes, str, os.PathLike)):
-        model = model.SerializeToString()
-    options = ort.SessionOptions()
-    if not optimize:
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(model if isinstance(model, bytes) else str(model), options,
-                                   providers=["CPUExecutionProvider"])
+    session = onnx_session(model, optimize)
     if not isinstance(inputs, Mapping):
         inputs = {session.get_inputs()[0].name: inputs}
     feeds = {k: np.asarray(v) for k, v in inputs.items()}

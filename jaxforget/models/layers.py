@@ -125,6 +125,53 @@ class DepthwiseConv(nn.Module):
         return out
 
 
+class GroupedConv(nn.Module):
+    """Bias-free grouped 2-D convolution (``groups`` groups, neither 1 nor one per channel), NHWC.
+
+    Same parameter as ``nn.Conv(features, feature_group_count=groups)`` -- ``kernel`` of shape
+    ``(kh, kw, C_in / groups, features)``, output channel ``o`` reading group ``o // (features /
+    groups)`` -- computed as ``kh * kw`` strided slices of the padded input, each multiplied per
+    group by its ``(C_in/g, features/g)`` matrix (one batched matrix product a tap). arcface_torch's
+    mbf has one such layer (128 channels in 64 groups of two, on the 56x56 map); XLA:CPU's grouped
+    convolution took 86x longer for its forward + backward pass than this (batch 8, measured once
+    on the 2-core machine; ``benchmarks/bench_depthwise.py`` measures the depthwise case).
+    """
+
+    features: int
+    kernel_size: tuple[int, int]
+    groups: int
+    strides: int = 1
+    padding: int = 0
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Callable[..., jax.Array] = nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kh, kw = self.kernel_size
+        g, channels = self.groups, x.shape[-1]
+        if channels % g or self.features % g:
+            raise ValueError(f"GroupedConv: {channels} input and {self.features} output channels do not split "
+                             f"into {g} groups")
+        cin, cout = channels // g, self.features // g
+        kernel = self.param("kernel", self.kernel_init, (kh, kw, cin, self.features), self.param_dtype)
+        dtype = self.dtype or x.dtype
+        x, kernel = x.astype(dtype), kernel.astype(dtype)
+        p, s = self.padding, self.strides
+        if p:
+            x = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+        n, hp, wp, _ = x.shape
+        out_h, out_w = (hp - kh) // s + 1, (wp - kw) // s + 1
+        out = None
+        for i in range(kh):
+            for j in range(kw):
+                tap = jax.lax.slice(x, (0, i, j, 0), (n, i + (out_h - 1) * s + 1, j + (out_w - 1) * s + 1, channels),
+                                    (1, s, s, 1)).reshape(n, out_h, out_w, g, cin)
+                term = jnp.einsum("nhwga,agb->nhwgb", tap, kernel[i, j].reshape(cin, g, cout))
+                out = term if out is None else out + term
+        return out.reshape(n, out_h, out_w, self.features)
+
+
 # Winograd F(2x2, 3x3) (Lavin & Gray 2016): a 3x3 convolution over 2x2 output tiles becomes 16
 # independent matrix products, with 2.25x fewer multiplications than the direct convolution.
 _WINO_G = ((1.0, 0.0, 0.0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0.0, 0.0, 1.0))
@@ -287,7 +334,8 @@ def xla_convolutions() -> Iterator[None]:
 
 @contextlib.contextmanager
 def grouped_depthwise() -> Iterator[None]:
-    """Within this context, models traced build depthwise convolutions as grouped ``nn.Conv``.
+    """Within this context, models traced build depthwise (and other grouped) convolutions as
+    grouped ``nn.Conv``.
 
     For benchmarks and tests that compare the two implementations (same parameters); the switch is
     read when a module is traced, so trace (and jit) inside the context.
@@ -314,11 +362,14 @@ def conv(
     """A bias-free 2-D convolution with torch-style explicit padding (NHWC in, NHWC out).
 
     ``groups == features > 1`` (depthwise) returns a :class:`DepthwiseConv`; the input must then
-    have ``features`` channels, as a grouped ``nn.Conv`` would require.
+    have ``features`` channels, as a grouped ``nn.Conv`` would require. Other ``groups > 1`` give
+    a :class:`GroupedConv`. Inside :func:`grouped_depthwise` both are grouped ``nn.Conv``.
     """
     ks = (kernel, kernel) if isinstance(kernel, int) else tuple(kernel)
     if groups > 1 and groups == features and not _GROUPED_DEPTHWISE:
         return DepthwiseConv(ks, stride, padding, dtype=dtype, kernel_init=kernel_init, name=name)
+    if groups > 1 and groups != features and not _GROUPED_DEPTHWISE:
+        return GroupedConv(features, ks, groups, stride, padding, dtype=dtype, kernel_init=kernel_init, name=name)
     if not _XLA_CONVOLUTIONS and groups == 1:
         if (ks, stride, padding) == ((3, 3), 1, 1):
             return Conv3x3(features, dtype=dtype, kernel_init=kernel_init, name=name)

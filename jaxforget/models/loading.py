@@ -280,20 +280,27 @@ def convert_torch_checkpoint(
     }
 
 
-def _exportable(variables_dir: str | pathlib.Path) -> tuple[ModelBundle, dict[str, Any]]:
-    """The bundle and checked variables of an orbax variables directory, for an export."""
+def onnx_io(init: str | pathlib.Path) -> dict[str, str]:
+    """The input and output names an export must keep to replace ``model.init`` (an ONNX file's,
+    :func:`onnx_export.io_names`); ``{}`` for any other checkpoint (the export's defaults)."""
+    init = str(init or "")
+    return onnx_export.io_names(init) if init.lower().endswith(".onnx") else {}
+
+
+def _exportable(variables_dir: str | pathlib.Path) -> tuple[ModelBundle, dict[str, Any], Mapping[str, Any]]:
+    """The bundle, checked variables and metadata of an orbax variables directory, for an export."""
     variables, metadata = checkpoint.load_variables(variables_dir)
     model_cfg = metadata.get("model")
     if not isinstance(model_cfg, Mapping):
         raise ValueError(f"{variables_dir}: metadata has no 'model' config; cannot tell which layout to write")
     bundle = build_model(model_cfg)
     backbone = {c: variables[c] for c in ("params", "batch_stats") if c in variables}
-    return bundle, _check_against(backbone, bundle, str(variables_dir))
+    return bundle, _check_against(backbone, bundle, str(variables_dir)), metadata
 
 
 def export_torch_checkpoint(variables_dir: str | pathlib.Path, output_path: str | pathlib.Path) -> dict[str, Any]:
     """Writes an orbax variables directory as a bare PyTorch state_dict ``.pth`` (InsightFace layout)."""
-    bundle, variables = _exportable(variables_dir)
+    bundle, variables, _ = _exportable(variables_dir)
     state_dict = save_torch_backbone(bundle, variables, output_path)
     return {
         "name": bundle.name,
@@ -307,17 +314,20 @@ def export_torch_checkpoint(variables_dir: str | pathlib.Path, output_path: str 
 def export_onnx_checkpoint(variables_dir: str | pathlib.Path, output_path: str | pathlib.Path,
                            check: bool = True) -> dict[str, Any]:
     """Writes an orbax variables directory as an ONNX model InsightFace's loader runs
-    (:func:`onnx_export.onnx_model`); ``check`` compares onnxruntime with the Flax model on two
-    random images (``parity``: max abs differences, raw and L2-normalised)."""
-    bundle, variables = _exportable(variables_dir)
-    model = onnx_export.onnx_model(bundle, variables)
+    (:func:`onnx_export.onnx_model`, with the input and output names of the ONNX file the model
+    came from when its metadata records them: ``onnx_io``); ``check`` compares onnxruntime with
+    the Flax model on two random images (``parity``: max abs differences, raw and L2-normalised)."""
+    bundle, variables, metadata = _exportable(variables_dir)
+    names = dict(metadata.get("onnx_io") or {})
+    model = onnx_export.onnx_model(bundle, variables, **names)
     written = onnx_format.save_onnx(model, output_path)
     summary = {
         "name": bundle.name,
         "model": bundle.config(),
         "nodes": len(model.graph.node),
         "initializer_elements": sum(math.prod(t.dims) for t in model.graph.initializer),
-        "input": f"{onnx_layout.ONNX_INPUT} float32 (batch, 3, {bundle.input_size[0]}, {bundle.input_size[1]}), "
+        "input": f"{names.get('input_name', onnx_layout.ONNX_INPUT)} float32 (batch, 3, {bundle.input_size[0]}, "
+                 f"{bundle.input_size[1]}), "
                  f"RGB (pixel - {onnx_layout.ONNX_PIXEL_MEAN}) / {onnx_layout.ONNX_PIXEL_STD}",
         "output": str(pathlib.Path(written).absolute()),
     }

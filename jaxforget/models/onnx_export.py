@@ -1,11 +1,13 @@
-"""Flax IResNet / MobileFaceNet variables as an ONNX model that InsightFace's own loader runs.
+"""Flax IResNet / MobileFaceNet / mbf variables as an ONNX model that InsightFace's own loader runs.
 
 :func:`onnx_model` writes the layers as ``Conv``, ``BatchNormalization``, ``PRelu``, ``Add``,
 ``Flatten`` and ``Gemm`` nodes in PyTorch's forward order, with the InsightFace state_dict's
 names for the initializers (:func:`jaxforget.models.torch_layout.flax_to_torch`). Nothing is
 folded, so reading the file back (:mod:`jaxforget.models.onnx_layout`) gives the same variables.
 Opset 11 (arcface_torch's), input ``data`` float32 NCHW ``(batch, 3, H, W)`` with a dynamic batch,
-output ``embedding`` (unnormalised, like the Flax model's).
+output ``embedding`` (unnormalised, like the Flax model's). A model that came from an ONNX file
+is written with that file's input and output names instead (:func:`io_names`: ``input.1`` and
+``516`` for InsightFace's ``w600k_mbf.onnx``), so it replaces the file in a deployed system.
 
 The input is normalised as InsightFace's ``ArcFaceONNX`` does for arcface_torch models: RGB,
 ``(pixel - 127.5) / 127.5`` (``onnx_layout.ONNX_PIXEL_MEAN`` / ``ONNX_PIXEL_STD``; :func:`insightface_blob`).
@@ -27,6 +29,7 @@ import numpy as np
 from jaxforget.io import onnx_format
 from jaxforget.io.onnx_format import GraphWriter
 from jaxforget.models.layers import BN_EPSILON
+from jaxforget.models.mbf import MBF_LAYERS
 from jaxforget.models.mobilefacenet import MOBILEFACENET_SETTING
 from jaxforget.models.onnx_layout import ONNX_INPUT, ONNX_OUTPUT, ONNX_PIXEL_MEAN, ONNX_PIXEL_STD
 from jaxforget.models.registry import FAMILIES, ModelBundle, family_of, module_order
@@ -95,14 +98,60 @@ def _write_mobilefacenet(g: GraphWriter, sd: Mapping[str, np.ndarray], bundle: M
     return g.node("Flatten", [_conv_block(g, x, sd, "linear1")], "flatten", axis=1)
 
 
+def _mbf_block(g: GraphWriter, x: str, c_in: int, sd: Mapping[str, np.ndarray], prefix: str,
+               stride: int = 1) -> tuple[str, int]:
+    """An arcface_torch ConvBlock / LinearBlock (``layers.0`` conv, ``.1`` bn, ``.2`` prelu when
+    present) on a ``c_in``-channel input; returns the output and its channels."""
+    w = sd[f"{prefix}.layers.0.weight"]
+    y = _bn(g, _conv(g, x, sd, f"{prefix}.layers.0", stride, c_in // w.shape[1]), sd, f"{prefix}.layers.1")
+    if f"{prefix}.layers.2.weight" in sd:
+        y = _prelu(g, y, sd, f"{prefix}.layers.2")
+    return y, int(w.shape[0])
+
+
+def _mbf_depthwise(g: GraphWriter, x: str, c: int, sd: Mapping[str, np.ndarray], prefix: str, stride: int,
+                   residual: bool) -> tuple[str, int]:
+    y, h = _mbf_block(g, x, c, sd, f"{prefix}.layers.0")
+    y, h = _mbf_block(g, y, h, sd, f"{prefix}.layers.1", stride)
+    y, out = _mbf_block(g, y, h, sd, f"{prefix}.layers.2")
+    return (g.node("Add", [x, y], f"{prefix}.add"), out) if residual else (y, out)
+
+
+def _write_mbf(g: GraphWriter, sd: Mapping[str, np.ndarray], bundle: ModelBundle, x: str) -> str:
+    x, c = _mbf_block(g, x, 3, sd, "layers.0", 2)
+    for i, (kind, _, _, blocks) in enumerate(MBF_LAYERS, start=1):
+        if kind == "conv":
+            x, c = _mbf_block(g, x, c, sd, f"layers.{i}")
+        elif kind == "down":
+            x, c = _mbf_depthwise(g, x, c, sd, f"layers.{i}", 2, False)
+        else:
+            for k in range(blocks):
+                x, c = _mbf_depthwise(g, x, c, sd, f"layers.{i}.layers.{k}", 1, True)
+    x, c = _mbf_block(g, x, c, sd, "conv_sep")
+    x, c = _mbf_block(g, x, c, sd, "conv_reduce")
+    x = g.node("Flatten", [x], "flatten", axis=1)
+    x = g.node("Gemm", [x, g.constant("fc.weight", sd["fc.weight"]), g.constant("fc.bias", sd["fc.bias"])],
+               "fc.gemm", transB=1)
+    return _bn(g, x, sd, "features")
+
+
 #: One graph builder per family of :data:`jaxforget.models.registry.FAMILIES` (same keys).
 ONNX_WRITERS: dict[str, Callable[[GraphWriter, Mapping[str, np.ndarray], ModelBundle, str], str]] = {
     "iresnet": _write_iresnet,
     "mobilefacenet": _write_mobilefacenet,
+    "mbf": _write_mbf,
 }
 
 
-def onnx_model(bundle: ModelBundle, variables: Mapping[str, Any]) -> Any:
+def io_names(path: str | os.PathLike) -> dict[str, str]:
+    """``{'input_name', 'output_name'}`` of the ONNX file ``path`` (a recognition model has one
+    of each), for :func:`onnx_model` to write a drop-in replacement of it."""
+    graph = onnx_format.read_onnx(path)
+    return {"input_name": graph.inputs[0].name, "output_name": graph.outputs[0].name}
+
+
+def onnx_model(bundle: ModelBundle, variables: Mapping[str, Any], input_name: str = ONNX_INPUT,
+               output_name: str = ONNX_OUTPUT) -> Any:
     """The bundle's variables as an ONNX ``ModelProto`` (see the module docstring)."""
     sd = flax_to_torch(variables, bundle.fixed_parameters(), module_order(bundle))
     stem = next(k for k, v in sd.items() if k.endswith(".weight") and np.ndim(v) == 4)
@@ -110,15 +159,17 @@ def onnx_model(bundle: ModelBundle, variables: Mapping[str, Any]) -> Any:
     if scale != 1.0:
         sd[stem] = (sd[stem].astype(np.float64) * scale).astype(np.float32)
     g = GraphWriter(bundle.name)
-    out = ONNX_WRITERS[family_of(bundle.name).name](g, sd, bundle, ONNX_INPUT)
-    out = g.node("Identity", [out], ONNX_OUTPUT)
+    out = ONNX_WRITERS[family_of(bundle.name).name](g, sd, bundle, input_name)
+    out = g.node("Identity", [out], output_name)
     h, w = bundle.input_size
-    return g.model([(ONNX_INPUT, ["batch", 3, h, w])], [(out, ["batch", bundle.embedding_size])])
+    return g.model([(input_name, ["batch", 3, h, w])], [(out, ["batch", bundle.embedding_size])])
 
 
-def save_onnx_backbone(bundle: ModelBundle, variables: Mapping[str, Any], path: str | os.PathLike) -> pathlib.Path:
-    """Writes :func:`onnx_model` to ``path`` (atomically); returns the path."""
-    return onnx_format.save_onnx(onnx_model(bundle, variables), path)
+def save_onnx_backbone(bundle: ModelBundle, variables: Mapping[str, Any], path: str | os.PathLike,
+                       **names: str) -> pathlib.Path:
+    """Writes :func:`onnx_model` (with ``input_name`` / ``output_name`` when given) to ``path``
+    (atomically); returns the path."""
+    return onnx_format.save_onnx(onnx_model(bundle, variables, **names), path)
 
 
 def insightface_blob(images: np.ndarray) -> np.ndarray:

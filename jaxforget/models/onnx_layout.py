@@ -42,6 +42,7 @@ from jaxforget.io import onnx_format
 from jaxforget.io.onnx_format import OnnxGraph
 from jaxforget.models.iresnet import IRESNET_STAGES, STAGE_WIDTHS
 from jaxforget.models.layers import BN_EPSILON
+from jaxforget.models.mbf import MBF_BLOCKS, MBF_STEM
 from jaxforget.models.registry import FAMILIES, ModelBundle, abstract_variables, build_model, module_order
 from jaxforget.models.torch_layout import ArchInfo, CheckpointMismatchError, flax_to_torch
 
@@ -257,27 +258,62 @@ def _detect_iresnet(layers: list[_Layer], size: tuple[int, int] | None, source: 
 def _detect_mobilefacenet(layers: list[_Layer], size: tuple[int, int] | None, source: str) -> ArchInfo:
     convs = [layer for layer in layers if layer.kind == "conv"]
     if len(convs) < 3 or convs[-2].group <= 1:
-        raise CheckpointMismatchError(f"{source}: no global depthwise conv before the last conv; not a MobileFaceNet")
+        raise CheckpointMismatchError(f"{source}: a stride-2 stem, no linear layer, and no global depthwise conv "
+                                      "before the last conv: neither the CASIA MobileFaceNet nor arcface_torch's mbf")
     kernel = convs[-2].weight.shape[2:]
     if size is None:
         size = (16 * kernel[0], 16 * kernel[1])
     return ArchInfo("mobilefacenet", convs[0].weight.shape[0] / 64.0, int(convs[-1].weight.shape[0]), size)
 
 
+def _detect_mbf(layers: list[_Layer], size: tuple[int, int] | None, source: str) -> ArchInfo:
+    counts: list[int] = []  # residual Adds after each stride-2 depthwise conv (a stage's start)
+    for layer in layers[1:]:
+        if layer.kind == "conv" and layer.stride == 2 and layer.group > 1:
+            counts.append(0)
+        elif layer.kind == "add" and counts:
+            counts[-1] += 1
+    if tuple(counts) != MBF_BLOCKS:
+        raise CheckpointMismatchError(f"{source}: a stride-2 stem and a linear layer (arcface_torch's mbf?), but "
+                                      f"{counts} residual blocks per stage, not mbf's {list(MBF_BLOCKS)}")
+    dense = [layer for layer in layers if layer.kind == "dense"]
+    reduce = [layer for layer in layers if layer.kind == "conv"][-1].weight.shape[0]
+    if len(dense) != 1 or dense[0].weight.shape[1] % reduce:
+        raise CheckpointMismatchError(f"{source}: expected one linear layer over the final {reduce}-channel map")
+    if size is None:
+        cells = dense[0].weight.shape[1] // reduce
+        side = int(round(cells ** 0.5))
+        if side * side != cells:
+            raise CheckpointMismatchError(f"{source}: the linear layer implies a final map of {cells} cells, not a "
+                                          "square, and the input has no static size; pass the input size")
+        size = (16 * side, 16 * side)
+    return ArchInfo("mbf", layers[0].weight.shape[0] / MBF_STEM, int(dense[0].weight.shape[0]), size)
+
+
+def _has_dense(layers: list[_Layer]) -> bool:
+    return any(layer.kind == "dense" for layer in layers)
+
+
 @dataclasses.dataclass(frozen=True)
 class OnnxLayout:
-    """How one family shows in a graph: ``matches(stem conv)``, and ``detect(layers, input size,
-    source)`` giving its :class:`ArchInfo`."""
+    """How one family shows in a graph: ``matches(layers)`` (the graph's layers in call order),
+    and ``detect(layers, input size, source)`` giving its :class:`ArchInfo`."""
 
-    matches: Callable[[_Layer], bool]
+    matches: Callable[[list[_Layer]], bool]
     detect: Callable[[list[_Layer], "tuple[int, int] | None", str], ArchInfo]
 
 
-#: One row per family of :data:`jaxforget.models.registry.FAMILIES` (same keys).
+#: One row per family of :data:`jaxforget.models.registry.FAMILIES` (same keys). The stem's stride
+#: tells an IResNet (1) from the MobileFaceNets (2); of those, arcface_torch's mbf ends in a
+#: linear layer over the flattened map, the CASIA model in a global depthwise conv and a 1x1 conv.
 ONNX_LAYOUTS: dict[str, OnnxLayout] = {
-    "iresnet": OnnxLayout(lambda stem: stem.stride == 1, _detect_iresnet),
-    "mobilefacenet": OnnxLayout(lambda stem: stem.stride == 2, _detect_mobilefacenet),
+    "iresnet": OnnxLayout(lambda layers: layers[0].stride == 1, _detect_iresnet),
+    "mobilefacenet": OnnxLayout(lambda layers: layers[0].stride == 2 and not _has_dense(layers),
+                                _detect_mobilefacenet),
+    "mbf": OnnxLayout(lambda layers: layers[0].stride == 2 and _has_dense(layers), _detect_mbf),
 }
+SUPPORTED = ("InsightFace / arcface_torch IResNet-18..200 (w600k_r50, glint360k_r100, ...), arcface_torch's "
+             "MobileFaceNet mbf (w600k_mbf) and the CASIA MobileFaceNet layout")
 
 
 def _template(bundle: ModelBundle) -> list[tuple[str, str, dict[str, tuple[int, ...]]]]:
@@ -381,10 +417,10 @@ def onnx_state_dict(path: str | os.PathLike, input_size: tuple[int, int] | None 
     if not layers or layers[0].kind != "conv" or layers[0].weight.shape[1] != 3:
         raise CheckpointMismatchError(f"{source}: the graph does not start with a conv on 3 colour channels; not an "
                                       "InsightFace recognition model (an mxnet-era model with Sub/Mul first?)")
-    found = [name for name, row in ONNX_LAYOUTS.items() if row.matches(layers[0])]
+    found = [name for name, row in ONNX_LAYOUTS.items() if row.matches(layers)]
     if not found:
-        raise CheckpointMismatchError(f"{source}: the stem conv has stride {layers[0].stride}; neither an IResNet (1) "
-                                      "nor a MobileFaceNet (2)")
+        raise CheckpointMismatchError(f"{source}: the stem conv has stride {layers[0].stride}; supported graphs: "
+                                      f"{SUPPORTED}")
     info = ONNX_LAYOUTS[found[0]].detect(layers, _input_size(graph, input_size), source)
     try:
         bundle = build_model(info.model_config())

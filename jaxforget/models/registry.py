@@ -5,17 +5,18 @@
 ============== ======================================================================= ===========
 field          meaning                                                                 default
 ============== ======================================================================= ===========
-name           ``iresnet18|34|50|100|200`` (aliases ``r50`` ...) or ``mobilefacenet``   required
+name           ``iresnet18|34|50|100|200`` (aliases ``r50`` ...), ``mobilefacenet`` or ``mbf``  required
 width_mult     multiplies channel widths (small test models)                           1.0
-input_size     ``(H, W)``                                                              (112, 112) / (112, 96)
-embedding_size embedding dimension                                                     512 / 128
+input_size     ``(H, W)``                                                              the family's
+embedding_size embedding dimension                                                     the family's
 dtype          ``float32`` or ``bfloat16`` computation (parameters stay float32)        float32
 dropout        dropout rate before the embedding layer                                 0.0
 init           checkpoint to start from (orbax dir, ``.pth`` or ``.ckpt``); empty: random ''
 seed           random-init seed when ``init`` is empty                                 0
 ============== ======================================================================= ===========
 
-Everything that differs between the two backbone families (IResNet, MobileFaceNet) is one row of
+Everything that differs between the backbone families (IResNet, the CASIA MobileFaceNet, and
+arcface_torch's MobileFaceNet ``mbf`` of InsightFace's ``buffalo_s`` pack) is one row of
 :data:`FAMILIES`; code that must tell them apart looks the row up with :func:`family_of`.
 """
 
@@ -31,6 +32,7 @@ import jax.numpy as jnp
 
 from jaxforget import ops
 from jaxforget.models.iresnet import IRESNET_STAGES, fixed_parameter_shapes, iresnet
+from jaxforget.models.mbf import ArcFaceMobileFaceNet
 from jaxforget.models.mobilefacenet import MobileFaceNet
 
 
@@ -77,6 +79,17 @@ FAMILIES: dict[str, Family] = {
         pixel_std=128.0,
         fixed_parameters=lambda module: {},
         output_layer=(("linear1", "conv"), ("linear1", "bn")),
+    ),
+    "mbf": Family(
+        name="mbf",
+        models=("mbf",),
+        build=lambda name, **fields: ArcFaceMobileFaceNet(**fields),
+        input_size=(112, 112),
+        embedding_size=512,
+        pixel_mean=127.5,
+        pixel_std=127.5,
+        fixed_parameters=fixed_parameter_shapes,
+        output_layer=(("fc",), ("features",)),
     ),
 }
 _ALIASES = {"mfn": "mobilefacenet"}
@@ -141,7 +154,7 @@ def canonical_name(name: str) -> str:
     """``'r50'``/``'iresnet50'``/``'IResNet50'`` -> ``'iresnet50'``; ``'mobilefacenet'`` unchanged."""
     n = str(name).strip().lower()
     n = _ALIASES.get(n, n)
-    if n in FAMILIES["mobilefacenet"].models:
+    if any(n in f.models for f in FAMILIES.values()):
         return n
     for prefix in ("iresnet", "r"):
         if n.startswith(prefix) and n[len(prefix):].isdigit() and int(n[len(prefix):]) in IRESNET_STAGES:

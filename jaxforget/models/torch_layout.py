@@ -1,4 +1,4 @@
-"""PyTorch state_dict <-> Flax variables for InsightFace IResNets and MobileFaceNet.
+"""PyTorch state_dict <-> Flax variables for InsightFace IResNets and the two MobileFaceNets.
 
 :func:`detect_arch` recognises the model a state_dict holds from its keys and shapes;
 :func:`torch_to_flax` and :func:`flax_to_torch` map between the layouts (the state_dicts are numpy,
@@ -26,6 +26,7 @@ import jax
 import numpy as np
 
 from jaxforget.models.iresnet import IRESNET_STAGES, STAGE_WIDTHS
+from jaxforget.models.mbf import MBF_BLOCKS, MBF_LAYERS, MBF_STEM
 from jaxforget.models.registry import FAMILIES, family_of
 
 _MAX_LISTED = 25
@@ -122,10 +123,16 @@ def _detect_iresnet(state_dict: Mapping[str, Any], input_size: tuple[int, int] |
         )
     stem = _shape(state_dict, "conv1.weight", source)
     fc = _shape(state_dict, "fc.weight", source)
-    channels = _shape(state_dict, "bn2.weight", source)[0]
-    width = stem[0] / STAGE_WIDTHS[0]
+    size = _final_map(fc, _shape(state_dict, "bn2.weight", source)[0], "bn2", input_size, source)
+    return ArchInfo(f"iresnet{depth}", stem[0] / STAGE_WIDTHS[0], fc[0], size, depth)
+
+
+def _final_map(fc: tuple[int, ...], channels: int, what: str, input_size: tuple[int, int] | None,
+               source: str) -> tuple[int, int]:
+    """The input size a linear layer over a flattened ``channels``-channel map implies (square
+    unless ``input_size`` picks the aspect ratio)."""
     if fc[1] % channels:
-        raise CheckpointMismatchError(f"{source}: fc.weight {fc} is not a multiple of bn2 channels {channels}")
+        raise CheckpointMismatchError(f"{source}: fc.weight {fc} is not a multiple of {what} channels {channels}")
     cells = fc[1] // channels
     if input_size is None:
         side = math.isqrt(cells)
@@ -133,13 +140,27 @@ def _detect_iresnet(state_dict: Mapping[str, Any], input_size: tuple[int, int] |
             raise CheckpointMismatchError(
                 f"{source}: fc.weight {fc} implies a final map of {cells} cells, not a square; pass the input size"
             )
-        input_size = (16 * side, 16 * side)
-    elif (input_size[0] // 16) * (input_size[1] // 16) != cells:
+        return (16 * side, 16 * side)
+    if (input_size[0] // 16) * (input_size[1] // 16) != cells:
         raise CheckpointMismatchError(
             f"{source}: fc.weight {fc} implies {cells} final cells, but input_size {tuple(input_size)} gives "
             f"{(input_size[0] // 16) * (input_size[1] // 16)}"
         )
-    return ArchInfo(f"iresnet{depth}", width, fc[0], (int(input_size[0]), int(input_size[1])), depth)
+    return (int(input_size[0]), int(input_size[1]))
+
+
+def _detect_mbf(state_dict: Mapping[str, Any], input_size: tuple[int, int] | None, source: str) -> ArchInfo:
+    stem = _shape(state_dict, "layers.0.layers.0.weight", source)
+    fc = _shape(state_dict, "fc.weight", source)
+    reduce = _shape(state_dict, "conv_reduce.layers.0.weight", source)
+    residual = [i for i, (kind, *_) in enumerate(MBF_LAYERS, start=1) if kind == "res"]
+    counts = [len({int(m.group(1)) for k in state_dict if (m := re.match(rf"layers\.{i}\.layers\.(\d+)\.layers\.0\.", k))})
+              for i in residual]
+    if tuple(counts) != MBF_BLOCKS:
+        raise CheckpointMismatchError(f"{source}: residual blocks per stage {counts}; arcface_torch's mbf has "
+                                      f"{list(MBF_BLOCKS)} (get_mbf_large and other variants are not supported)")
+    size = _final_map(fc, reduce[0], "conv_reduce", input_size, source)
+    return ArchInfo("mbf", stem[0] / MBF_STEM, fc[0], size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,6 +184,11 @@ TORCH_KEYS: dict[str, TorchKeys] = {
         lambda sd: "linear7.conv.weight" in sd or any(k.startswith("dw_conv1.") for k in sd),
         _detect_mobilefacenet,
     ),
+    "mbf": TorchKeys(
+        "arcface_torch mbf keys (layers.0.layers.0.weight, conv_sep.*, conv_reduce.*, fc.weight, features.*)",
+        lambda sd: "conv_sep.layers.0.weight" in sd or "layers.0.layers.0.weight" in sd,
+        _detect_mbf,
+    ),
 }
 
 
@@ -172,11 +198,13 @@ def detect_arch(
     input_size: tuple[int, int] | None = None,
     source: str = "<state_dict>",
 ) -> ArchInfo:
-    """Recognises an InsightFace IResNet (depth from the blocks per stage) or a MobileFaceNet.
+    """Recognises an InsightFace IResNet (depth from the blocks per stage) or a MobileFaceNet
+    (the CASIA layout or arcface_torch's ``mbf``).
 
     Args:
       state_dict: key -> array (only shapes are read).
-      arch: ``'auto'``, ``'iresnet'`` or ``'mobilefacenet'`` (to insist on a family).
+      arch: ``'auto'`` or a family of ``FAMILIES`` (``'iresnet'``, ``'mobilefacenet'``, ``'mbf'``)
+        to insist on one.
       input_size: ``(H, W)``; needed only for a non-square IResNet (the fc input size fixes
         ``H/16 * W/16`` but not the aspect ratio).
     """

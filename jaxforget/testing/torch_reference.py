@@ -1,5 +1,6 @@
 """PyTorch reference models with InsightFace's parameter names: the IResNet of arcface_torch
-(``backbones/iresnet.py``) and the CASIA MobileFaceNet of the released ``068.ckpt``.
+(``backbones/iresnet.py``), the CASIA MobileFaceNet of the released ``068.ckpt`` and arcface_torch's
+MobileFaceNet ``mbf`` as ``w600k_mbf.onnx`` holds it (:mod:`jaxforget.models.mbf`).
 
 They are the other side of every PyTorch comparison: the conversion tests give them random
 weights, save them with ``torch.save`` and check that the Flax models reproduce their outputs;
@@ -17,6 +18,7 @@ import torch
 from torch import nn
 
 from jaxforget.models.iresnet import STAGE_WIDTHS, scaled_width
+from jaxforget.models.mbf import MBF_LAYERS, MBF_REDUCE, MBF_SEP, MBF_STEM
 from jaxforget.models.mobilefacenet import MOBILEFACENET_SETTING
 
 
@@ -138,6 +140,69 @@ class TorchMobileFaceNet(nn.Module):
     def forward(self, x):
         x = self.linear1(self.linear7(self.conv2(self.blocks(self.dw_conv1(self.conv1(x))))))
         return x.view(x.shape[0], -1)
+
+
+class TorchMbfBlock(nn.Module):
+    """arcface_torch's ConvBlock (conv, bn, prelu) or, with ``linear``, LinearBlock (conv, bn),
+    as ``layers.0 / .1 / .2``."""
+
+    def __init__(self, inp, oup, k=1, s=1, p=0, groups=1, linear=False):
+        super().__init__()
+        mods = [nn.Conv2d(inp, oup, k, s, p, groups=groups, bias=False), nn.BatchNorm2d(oup)]
+        self.layers = nn.Sequential(*mods, *([] if linear else [nn.PReLU(oup)]))
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class TorchMbfDepthWise(nn.Module):
+    def __init__(self, inp, oup, hidden, stride, residual):
+        super().__init__()
+        self.residual = residual
+        self.layers = nn.Sequential(TorchMbfBlock(inp, hidden), TorchMbfBlock(hidden, hidden, 3, stride, 1, hidden),
+                                    TorchMbfBlock(hidden, oup, linear=True))
+
+    def forward(self, x):
+        return x + self.layers(x) if self.residual else self.layers(x)
+
+
+class TorchMbfResidual(nn.Module):
+    def __init__(self, c, hidden, blocks):
+        super().__init__()
+        self.layers = nn.Sequential(*[TorchMbfDepthWise(c, c, hidden, 1, True) for _ in range(blocks)])
+
+    def forward(self, x):
+        return self.layers(x)
+
+
+class TorchMbf(nn.Module):
+    """arcface_torch's MobileFaceNet with ``w600k_mbf``'s head (1x1 conv to 64, flatten, ``fc``
+    with a bias, ``features`` BatchNorm1d with its weight fixed at ones), any width multiplier."""
+
+    def __init__(self, width_mult: float = 1.0, embedding_size: int = 512, input_size: tuple[int, int] = (112, 112)):
+        super().__init__()
+        w = lambda c: scaled_width(c, width_mult)  # noqa: E731
+        mods, c = [TorchMbfBlock(3, w(MBF_STEM), 3, 2, 1)], w(MBF_STEM)
+        for kind, out, hidden, blocks in MBF_LAYERS:
+            if kind == "conv":
+                mods.append(TorchMbfBlock(c, w(out), 3, 1, 1, w(hidden)))
+            elif kind == "down":
+                mods.append(TorchMbfDepthWise(c, w(out), w(hidden), 2, False))
+            else:
+                mods.append(TorchMbfResidual(w(out), w(hidden), blocks))
+            c = w(out)
+        self.layers = nn.ModuleList(mods)
+        self.conv_sep = TorchMbfBlock(c, w(MBF_SEP))
+        self.conv_reduce = TorchMbfBlock(w(MBF_SEP), w(MBF_REDUCE))
+        self.fc = nn.Linear(w(MBF_REDUCE) * (input_size[0] // 16) * (input_size[1] // 16), embedding_size)
+        self.features = nn.BatchNorm1d(embedding_size, eps=1e-5)
+        nn.init.constant_(self.features.weight, 1.0)
+        self.features.weight.requires_grad = False
+
+    def forward(self, x):
+        for layer in self.layers:
+            x = layer(x)
+        return self.features(self.fc(torch.flatten(self.conv_reduce(self.conv_sep(x)), 1)))
 
 
 def randomize(model: nn.Module, seed: int) -> nn.Module:
