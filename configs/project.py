@@ -18,8 +18,8 @@ reads none of them.
 Measured (docs/RESULTS.md; forget mAP, and retain mAP change on retain faces no method trains on):
 :celeba, three seeds (section 3d): forget mAP 57.93 +- 0.59 (Original 94.38), forget CS 0.184
 (0.515), retain 85.58 (-2.7), about 30 s per seed. :orl, three seeds (section 2b): forget mAP
-56.93 +- 9.76 (Original 99.93), forget CS 0.151 (0.708), retain +0.1. :demo (section 1, on an
-earlier base model, Original 71.30 / 34.76): forget mAP 22.59, retain mAP 18.82.
+56.93 +- 9.76 (Original 99.93), forget CS 0.151 (0.708), retain +0.1. :demo (section 1): forget
+mAP 100.00 -> 23.87, CS 0.871 -> 0.081, retain mAP 98.91 -> 98.47 (-0.4).
 :celeba_wild, three seeds (section 4d): forget mAP 29.58 +- 0.75 (Original 97.57), forget CS 0.065
 (0.623), retain 88.24 (-0.8), CFP-FP mAP -1.6, about 2.5 minutes per seed.
 """

@@ -38,6 +38,6 @@ def shared_path(*parts: str) -> pathlib.Path:
     return p
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared():
     return shared_path

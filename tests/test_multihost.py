@@ -28,7 +28,9 @@ EVALS = ("forget_base", "retain_search")  # the protocols compared below
 
 DRIVER = f"""
 import pathlib, sys
-sys.path.insert(0, {str(ROOT / 'tests')!r})
+# This checkout's code, not another installed copy of the package (a script's sys.path[0] is its
+# own folder, not the working directory).
+sys.path[:0] = [{str(ROOT)!r}, {str(ROOT / 'tests')!r}]
 from runner_fixtures import tiny_config
 from jaxforget import experiment
 pid, port, workdir = int(sys.argv[1]), sys.argv[2], pathlib.Path(sys.argv[3])

@@ -1,11 +1,19 @@
 """Procedural face-like identities: a deterministic synthetic dataset for demos and tests.
 
 An identity is a vector of shape and colour parameters (face outline, skin / hair / eye / lip
-colours, hairstyle and hairline, eye spacing and size, brows, nose, mouth, beard, glasses). Each
-image of an identity varies nuisance factors: pose (in-plane rotation, scale, translation, yaw that
-shifts the features and narrows the outline), lighting (direction, strength, ambient level, colour
-tint), expression (smile, open mouth, eye openness, brow raise), background (colour, gradient,
-low-frequency texture), clothing colour, an occluding patch now and then, and pixel noise.
+colours, hairstyle and hairline, eye spacing and size, brows, nose, mouth, beard, glasses) and a
+complexion pattern: a mirrored grid of colour offsets over the face whose 96 values are drawn
+independently for each identity. The shape and colour parameters are few and shared by every
+identity (skin tone, hair colour), like the coarse traits of real people; the pattern gives each
+identity many independent factors of its own, as real faces have, so that a model trained on
+these identities spreads them over its whole embedding instead of a few shared directions (the
+closed-form projection of ten identities then costs the others little: docs/RESULTS.md section 1).
+
+Each image of an identity varies nuisance factors: a small residual pose, as in aligned crops
+(in-plane rotation, scale, translation, yaw that shifts the features and narrows the outline),
+lighting (direction, strength, ambient level, colour tint), expression (smile, open mouth, eye
+openness, brow raise), background (colour, gradient, low-frequency texture), clothing colour, an
+occluding patch now and then, and pixel noise.
 
 The nuisance factors dominate pixel distances, so raw pixels retrieve identities poorly, while the
 identity parameters stay visible, so a small encoder learns them (``studies/synthetic_check.py``
@@ -23,7 +31,7 @@ from jaxforget.data.source import FaceSource, as_size
 
 # Bump whenever a change to this file changes any rendered image: the runner's caches (base models
 # trained on synthetic identities, their embeddings) are keyed by it.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 # Identity parameter names (columns of SyntheticFaces.identity_params).
 _ID_FIELDS = (
@@ -40,6 +48,15 @@ _ID_FIELDS = (
 )
 _F = {n: k for k, n in enumerate(_ID_FIELDS)}
 
+# The complexion pattern: a grid of colour offsets over the face, PATTERN_ROWS x PATTERN_HALF_COLS
+# cells of the left half mirrored onto the right (faces stay symmetric, so a horizontal flip shows
+# the same identity), 3 channels each, every value drawn independently per identity (N(0, 1)) and
+# painted at PATTERN_AMP of the colour range: 96 independent factors per identity.
+PATTERN_ROWS = 8
+PATTERN_HALF_COLS = 4
+PATTERN_AMP = 0.15
+PATTERN_SIZE = PATTERN_ROWS * PATTERN_HALF_COLS * 3
+
 
 def _sig(d: np.ndarray) -> np.ndarray:
     d = np.clip(d, -30.0, 30.0).astype(np.float32, copy=False)
@@ -47,7 +64,8 @@ def _sig(d: np.ndarray) -> np.ndarray:
 
 
 def identity_parameters(seed: int, identity: int) -> np.ndarray:
-    """The parameter vector of ``identity`` (see ``_ID_FIELDS``)."""
+    """The parameter vector of ``identity``: the ``_ID_FIELDS`` shape and colour values, then the
+    ``PATTERN_SIZE`` values of its complexion pattern."""
     r = np.random.default_rng([int(seed), 1, int(identity)])
     skin_tone = r.uniform(0.25, 0.95)
     skin = np.array([0.35 + 0.6 * skin_tone, 0.22 + 0.5 * skin_tone, 0.15 + 0.42 * skin_tone]) + r.normal(0, 0.04, 3)
@@ -71,14 +89,17 @@ def identity_parameters(seed: int, identity: int) -> np.ndarray:
         lip_r=lip[0], lip_g=lip[1], lip_b=lip[2],
         beard=float(r.random() < 0.25), glasses=float(r.random() < 0.2),
     )
-    return np.clip(np.asarray([v[n] for n in _ID_FIELDS], np.float64), -5, 5)
+    shape = np.asarray([v[n] for n in _ID_FIELDS], np.float64)
+    pattern = r.standard_normal(PATTERN_SIZE)
+    return np.clip(np.concatenate([shape, pattern]), -5, 5)
 
 
 def _image_nuisance(seed: int, identity: int, image: int) -> dict[str, Any]:
     r = np.random.default_rng([int(seed), 2, int(identity), int(image)])
     return dict(
-        roll=r.normal(0, 0.22), scale=r.uniform(0.72, 1.05), tx=r.uniform(-0.22, 0.22), ty=r.uniform(-0.18, 0.18),
-        yaw=r.uniform(-0.5, 0.5),
+        # Aligned crops: small residual pose (in face-height units: +-0.08 is about 1 pixel at 32x32).
+        roll=r.normal(0, 0.08), scale=r.uniform(0.88, 1.0), tx=r.uniform(-0.08, 0.08),
+        ty=r.uniform(-0.06, 0.06), yaw=r.uniform(-0.18, 0.18),
         light_dir=r.uniform(0, 2 * np.pi), light=r.uniform(0.0, 0.5), ambient=r.uniform(0.65, 1.1),
         tint=r.uniform(0.9, 1.1, 3),
         smile=r.uniform(-0.8, 1.2), mouth_open=r.uniform(0, 1) ** 2, eye_open=r.uniform(0.25, 1.0),
@@ -89,6 +110,24 @@ def _image_nuisance(seed: int, identity: int, image: int) -> dict[str, Any]:
         occ=float(r.random() < 0.2), occ_xy=r.uniform(-0.8, 0.8, 2), occ_wh=r.uniform(0.1, 0.45, 2), occ_col=r.uniform(0, 1, 3),
         noise=r.uniform(0.01, 0.06), noise_seed=int(r.integers(0, 2**31 - 1)),
     )
+
+
+def _pattern_field(pattern: np.ndarray, u: np.ndarray, v: np.ndarray) -> np.ndarray:
+    """``(N, H, W, 3)`` values of each image's pattern at face coordinates ``u`` (across, mirrored)
+    and ``v`` (down), both ``(N, H, W)`` or broadcastable, ``[-1, 1]`` over the face."""
+    n = len(pattern)
+    rows, cols = PATTERN_ROWS, PATTERN_HALF_COLS
+    grid = pattern.reshape(n, rows, cols, 3).astype(np.float32)
+    a = np.clip(np.abs(u) * cols - 0.5, 0, cols - 1)
+    b = np.clip((v + 1) * 0.5 * rows - 0.5, 0, rows - 1)
+    a, b = np.broadcast_arrays(a, b)
+    j0, i0 = np.floor(a).astype(np.int64), np.floor(b).astype(np.int64)
+    j1, i1 = np.minimum(j0 + 1, cols - 1), np.minimum(i0 + 1, rows - 1)
+    wa, wb = (a - j0)[..., None], (b - i0)[..., None]
+    k = np.arange(n)[:, None, None]
+    top = (1 - wa) * grid[k, i0, j0] + wa * grid[k, i0, j1]
+    bottom = (1 - wa) * grid[k, i1, j0] + wa * grid[k, i1, j1]
+    return ((1 - wb) * top + wb * bottom).astype(np.float32)
 
 
 def render_faces(params: np.ndarray, nuisance: Sequence[dict[str, Any]], size: Sequence[int]) -> np.ndarray:
@@ -158,6 +197,9 @@ def render_faces(params: np.ndarray, nuisance: Sequence[dict[str, Any]], size: S
     face_d = ellipse(ox / jaw_scale, fy, 0, 0, P["face_w"], P["face_h"])
     face = edge(face_d)
     img = paint(img, face, skin)
+    # Complexion pattern, on the skin under the features: the cell grid interpolated bilinearly in
+    # face coordinates (columns by |x|: mirrored), so it follows the face's pose and shape.
+    img += (face[..., None] * PATTERN_AMP) * _pattern_field(params[:, len(_ID_FIELDS):], feat_x / (P["face_w"] * jaw_scale), fy / P["face_h"])
     # Fringe: inside the face above a wavy hairline.
     line = P["hairline"] + P["hair_wave"] * np.sin(9 * feat_x + P["hair_phase"])
     img = paint(img, face * edge(fy - line), hair)
@@ -256,3 +298,4 @@ class SyntheticFaces(FaceSource):
 
     def _load(self, i: int) -> np.ndarray:
         return self.render([i])[0]
+
