@@ -45,9 +45,10 @@ def test_registry_config_forms_and_errors():
 def test_one_family_table_decides_every_family_difference():
     assert canonical_name("MFN") == "mobilefacenet" and canonical_name(" MobileFaceNet ") == "mobilefacenet"
     with pytest.raises(ValueError, match=r"use one of iresnet18, iresnet34, iresnet50, iresnet100, iresnet200, "
-                       r"mobilefacenet$"):
+                       r"mobilefacenet, mbf$"):
         canonical_name("r51")
     assert family_of("r50") is FAMILIES["iresnet"] and family_of("mfn") is FAMILIES["mobilefacenet"]
+    assert family_of("MBF") is FAMILIES["mbf"] and canonical_name("mbf") == "mbf"
 
     mfn = build_model({"name": "mfn"})
     assert isinstance(mfn.module, MobileFaceNet) and mfn.family == "mobilefacenet"
