@@ -19,8 +19,11 @@ def _positive(x) -> bool:
 
 def _run_quick(module: str, out: pathlib.Path) -> str:
     """Runs ``python -m <module> --quick --json-out out`` from the repository root (without
-    inherited XLA flags); its stdout."""
+    inherited XLA flags, and with LLVM's optimisations off, as ``benchmarks.benchmark --quick``
+    sets them for its own runs: compiling is most of a tiny run, and a smoke run's numbers are
+    not performance figures); its stdout."""
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = "--xla_backend_optimization_level=0"
     proc = subprocess.run(
         [sys.executable, "-m", module, "--quick", "--json-out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,

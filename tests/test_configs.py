@@ -244,6 +244,7 @@ def test_celeba_wild_preset_runs_end_to_end(shared, tmp_path):
     c.pretrain.warmup_steps = 1
     c.method.steps = 1
     c.eval.tsne = False
+    c.eval.batch_size = 32  # the sets hold 2-75 images: smaller padded batches (the preset's 128)
     c.cache_dir = str(tmp_path / "cache")
     out = experiment.run(c, tmp_path / "run")
     for state in ("original", "unlearned"):
